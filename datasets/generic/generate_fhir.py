@@ -428,39 +428,34 @@ def _labels(resource: str, combo: Combo) -> int:
     return math.prod(RESOURCES[resource].cards[p] for p in combo)
 
 
-def _parents_seen(combo: Combo, train: list[Combo]) -> bool:
-    """Whether every subset of the combination one parameter smaller is a train combination."""
-    return all(sub in train for sub in itertools.combinations(combo, len(combo) - 1))
-
-
 def split_combinations(seed: int = SEED) -> dict[str, dict[str, list[Combo]]]:
     """split -> resource -> parameter sets; a held-out (valid/test) set is in no other split.
 
-    Train holds every allowed set except the held-out ones. Per resource, the sets of 3+
-    parameters allowing at least MIN_LABELS labels are shuffled and taken for test, then
-    valid, as long as every subset one parameter smaller of every held-out set stays in train:
-    a held-out query joins parameter sets that train shows, never seen all together.
+    Only maximal sets are held out: 3+ parameters that no allowed set contains (4 parameters,
+    or all of a resource's) and that allow at least MIN_LABELS labels. So every subset one
+    parameter smaller of a held-out set is a train set, and no train set contains a held-out
+    one (from which a student would learn to add the extra parameter). Per resource, the
+    eligible sets are shuffled and about HELD_OUT[split] of them (at least one while any are
+    left) go to test, then to valid; train holds all the others.
     """
     rng = random.Random(seed)
     out: dict[str, dict[str, list[Combo]]] = {s: {} for s in SPLITS}
     for name in RESOURCES:
-        train = combinations(name)
-        eligible = [c for c in train if len(c) >= 3 and _labels(name, c) >= MIN_LABELS]
+        allowed = combinations(name)
+        eligible = [
+            c
+            for c in allowed
+            if len(c) >= 3
+            and _labels(name, c) >= MIN_LABELS
+            and not any(set(c) < set(t) for t in allowed)
+        ]
         rng.shuffle(eligible)
-        held: list[Combo] = []
+        count = len(eligible)
         for split in ("test", "valid"):
-            want, out[split][name] = max(1, round(HELD_OUT[split] * len(eligible))), []
-            for combo in eligible:
-                rest = [t for t in train if t != combo]
-                if (
-                    len(out[split][name]) < want
-                    and combo not in held
-                    and all(_parents_seen(h, rest) for h in [*held, combo])
-                ):
-                    out[split][name].append(combo)
-                    held.append(combo)
-                    train = rest
-        out["train"][name] = train
+            take = max(1, round(HELD_OUT[split] * count))
+            out[split][name], eligible = eligible[:take], eligible[take:]
+        held = out["test"][name] + out["valid"][name]
+        out["train"][name] = [c for c in allowed if c not in held]
     return out
 
 
