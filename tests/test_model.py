@@ -22,6 +22,7 @@ from distill_jax.model import (
     scan_params,
     unscan_params,
 )
+from distill_jax.model.t5 import Dropout
 
 # Two tiny architectures; odd bucket settings so the log buckets and the clipping are exercised
 # by ~24-token inputs, and different encoder/decoder depths to catch mix-ups.
@@ -301,3 +302,20 @@ def test_dropout(v1_1_case):
     c = train_logits(params, jax.random.key(2, impl="rbg"))
     np.testing.assert_array_equal(a, b)
     assert np.abs(np.asarray(a) - ref).max() > 1e-2 and np.abs(np.asarray(a - c)).max() > 1e-2
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 64, 64), (5, 333)])  # even and odd last dims
+def test_dropout_drops_rate_and_keeps_the_expectation(shape):
+    x = jnp.ones(shape, jnp.float32)
+    drop = Dropout(0.1)
+    key = jax.random.key(3)
+    y = np.asarray(drop.apply({}, x, deterministic=False, rngs={"dropout": key}))
+    dropped = (y == 0).mean()
+    assert abs(dropped - 0.1) < 5 * np.sqrt(0.1 * 0.9 / y.size)  # 5 sigma
+    np.testing.assert_allclose(y[y != 0], 1 / (1 - 6554 / 65536), rtol=1e-6)
+    np.testing.assert_array_equal(y, drop.apply({}, x, deterministic=False, rngs={"dropout": key}))
+    np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)
+    # Neighbouring elements (the two halves of one random word) are not correlated.
+    pairs = (y.reshape(-1)[: y.size // 2 * 2].reshape(-1, 2) == 0).mean(axis=0)
+    both = np.logical_and(*(y.reshape(-1)[: y.size // 2 * 2].reshape(-1, 2) == 0).T).mean()
+    assert abs(both - pairs[0] * pairs[1]) < 0.01

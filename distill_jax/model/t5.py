@@ -56,6 +56,34 @@ class RMSNorm(nn.Module):
         return y * scale.astype(self.dtype)
 
 
+class Dropout(nn.Module):
+    """Inverted dropout drawing 16 random bits per element instead of nn.Dropout's 32.
+
+    Two masks come out of each 32-bit threefry word, which halves the cost of the RNG, a third of
+    a CPU train step with nn.Dropout. The drop probability is `rate` rounded to 1/65536 (0.1 ->
+    0.100006) and kept elements are scaled by the exact inverse of the keep probability, so the
+    expectation is unchanged. Draws follow the input's leading dims, so they shard like it.
+    """
+
+    rate: float
+    deterministic: bool | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool | None = None) -> Array:
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate >= 1.0:
+            return jnp.zeros_like(x)
+        threshold = min(round(self.rate * 65536), 65535)
+        *lead, last = x.shape
+        words = jax.random.bits(self.make_rng("dropout"), (*lead, (last + 1) // 2), jnp.uint32)
+        bits = jax.lax.bitcast_convert_type(words, jnp.uint16)  # [*lead, ceil(last/2), 2]
+        bits = bits.reshape(*lead, -1)[..., :last]
+        scale = jnp.asarray(65536 / (65536 - threshold), x.dtype)
+        return jnp.where(bits >= threshold, x * scale, jnp.zeros((), x.dtype))
+
+
 class Proj(nn.Module):
     """Bias-free projection `einsum(eqn, x, kernel)`; float32 kernel cast to the compute dtype."""
 
@@ -182,7 +210,7 @@ class Attention(nn.Module):
         if mask is not None:
             scores = jnp.where(mask, scores, NEG_INF)
         weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=self.deterministic)
+        weights = Dropout(cfg.dropout_rate)(weights, deterministic=self.deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, values)  # [b, q, heads, kv]
         out = _constrain(out, qkv_names)
         return Proj((h, k, d), out_axes, "blhk,hkd->bld", (h * k) ** -0.5, dtype, name="out")(out)
@@ -207,7 +235,7 @@ class MLP(nn.Module):
         else:
             hidden = jax.nn.relu(wi("wi"))
         hidden = _constrain(hidden, ("batch", "length", "mlp"))
-        hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
+        hidden = Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
         return Proj((f, d), ("mlp", "embed"), "blf,fd->bld", f**-0.5, dtype, name="wo")(hidden)
 
 
@@ -220,7 +248,7 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, bias, mask):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
+        drop = Dropout(cfg.dropout_rate, deterministic=self.deterministic)
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
         x = x + drop(Attention(cfg, self.deterministic, name="attention")(y, y, bias, mask))
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
@@ -240,7 +268,7 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, bias, mask, encoded, cross_mask, position):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         eps, det = cfg.layer_norm_epsilon, self.deterministic
-        drop = nn.Dropout(cfg.dropout_rate, deterministic=det)
+        drop = Dropout(cfg.dropout_rate, deterministic=det)
         self_attn = Attention(
             cfg, det, "self" if self.decode else None, self.cache_length, name="self_attention"
         )
@@ -298,7 +326,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, tokens, segment_ids, deterministic: bool) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+        drop = Dropout(cfg.dropout_rate, deterministic=deterministic)
         x = drop(self.shared(tokens))  # [b, l, embed]
         x = _constrain(x, ("batch", "length", "embed"))
         # Plain row positions: within a packed segment only differences matter.
@@ -323,7 +351,7 @@ class Decoder(nn.Module):
         self, encoded, enc_tokens, dec_tokens, enc_seg, dec_seg, deterministic, decode, cache_len
     ) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+        drop = Dropout(cfg.dropout_rate, deterministic=deterministic)
         length = dec_tokens.shape[1]
         x = drop(self.shared(dec_tokens))  # [b, l, embed]
         x = _constrain(x, ("batch", "length", "embed"))
