@@ -116,3 +116,25 @@ def test_alpha_one_ignores_rationales_and_alpha_zero_ignores_labels(tokenizer, m
     mixed, *_ = run(model_and_params, base_batch, alpha=0.5)
     mixed_r, *_ = run(model_and_params, rat_batch, alpha=0.5)
     assert abs(mixed - mixed_r) > 1e-3
+
+
+def test_adafactor_factors_attention_kernels_like_hf(model_and_params):
+    """HF's Adafactor factors every matrix; so must ours, also [d_model, heads, d_kv] kernels."""
+    import ml_collections
+    import optax
+
+    from distill_jax.train.state import make_optimizer
+
+    _, params = model_and_params
+    train_cfg = ml_collections.ConfigDict(
+        dict(optimizer="adafactor", lr=1e-3, warmup_steps=0, max_steps=10, max_grad_norm=1.0)
+    )
+    state = make_optimizer(train_cfg).init(params)
+    factored = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "v_row"))]
+    factored = [s for s in factored if hasattr(s, "v_row")][0]
+    query = params["encoder"]["layers_0"]["attention"]["query"]["kernel"]  # [128, 4, 32]
+    v_row = factored.v_row["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+    v_col = factored.v_col["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+    v = factored.v["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+    assert v.size == 1 and v_row.size + v_col.size < query.size // 8, (v_row.shape, v_col.shape)
+    assert isinstance(factored, optax.FactoredState)

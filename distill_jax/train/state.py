@@ -44,7 +44,11 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
         opt = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=train_cfg.weight_decay)
     elif name == "adafactor":
         # HF Adafactor(scale_parameter=False, relative_step=False) as the reference's Trainer.
-        opt = optax.adafactor(schedule, multiply_by_parameter_scale=False)
+        # HF factors every matrix; optax only dims >= min_dim_size_to_factor (default 128),
+        # which would keep full second moments for attention kernels [d_model, heads, d_kv=64].
+        opt = optax.adafactor(
+            schedule, multiply_by_parameter_scale=False, min_dim_size_to_factor=32
+        )
     else:
         raise UserError(f"config field train.optimizer={name!r}: use 'adamw' or 'adafactor'.")
     return optax.chain(optax.clip_by_global_norm(train_cfg.max_grad_norm), opt)
