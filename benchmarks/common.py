@@ -85,7 +85,11 @@ def synthetic_pairs(
 
 
 def pack_lengths(
-    length_pool: Sequence[Pair], batch_size: int, grad_steps: int, row_multiple: int
+    length_pool: Sequence[Pair],
+    batch_size: int,
+    grad_steps: int,
+    row_multiple: int,
+    attention_length: float = 4096.0,
 ) -> tuple[int, int]:
     """(pack_input_length, pack_target_length) as training would pick them from this data.
 
@@ -104,6 +108,7 @@ def pack_lengths(
             examples_per_micro_batch=batch_size // grad_steps,
             grad_steps=grad_steps,
             row_multiple=row_multiple,
+            attention_length=attention_length,
         )
         return spec.input_length, spec.target_length
     pack_in = packing.round_up(max(enc.max(), 4 * enc.mean()), 64)

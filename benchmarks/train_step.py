@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from benchmarks import common  # noqa: E402
 from configs.base import get_base_config  # noqa: E402
 from distill_jax import sharding  # noqa: E402
+from distill_jax.data import packing  # noqa: E402
 from distill_jax.model.config import T5Config, get_preset  # noqa: E402
 from distill_jax.model.t5 import T5  # noqa: E402
 from distill_jax.train import perf  # noqa: E402
@@ -69,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=["threefry2x32", "rbg", "unsafe_rbg"],
         help="PRNG of the dropout key passed to the step (the trainer uses the default)",
     )
+    p.add_argument("--vocab_size", type=int, default=0, help="0 = the preset's (demo: 1152)")
     p.add_argument("--pack_input_length", type=int, default=0, help="0 = automatic")
     p.add_argument("--pack_target_length", type=int, default=0, help="0 = automatic")
     common.add_length_args(p)
@@ -121,6 +123,8 @@ def main(argv=None) -> dict:
     )
     if args.dropout_rate is not None:
         cfg = dataclasses.replace(cfg, dropout_rate=args.dropout_rate)
+    if args.vocab_size:
+        cfg = dataclasses.replace(cfg, vocab_size=args.vocab_size)
     mesh = sharding.create_mesh(*(int(x) for x in args.mesh.split(",")))
     row_multiple = sharding.batch_axis_size(mesh)
     lengths = dict(
@@ -130,7 +134,10 @@ def main(argv=None) -> dict:
     )
     pairs = common.synthetic_pairs(args.batch_size, cfg.vocab_size, args.seed, **lengths)
     pool = common.synthetic_pairs(512, cfg.vocab_size, args.seed + 1, **lengths)
-    pack_in, pack_tgt = common.pack_lengths(pool, args.batch_size, args.grad_steps, row_multiple)
+    attention_length = packing.attention_length(cfg, jax.default_backend())
+    pack_in, pack_tgt = common.pack_lengths(
+        pool, args.batch_size, args.grad_steps, row_multiple, attention_length
+    )
     pack_in = args.pack_input_length or pack_in
     pack_tgt = args.pack_target_length or pack_tgt
     batch = common.pack_batch(pairs, args.grad_steps, pack_in, pack_tgt, row_multiple)

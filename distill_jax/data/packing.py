@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
@@ -142,6 +143,29 @@ def step_rows(
     return rows, total // grad_steps
 
 
+# How much more a token's attention costs on CPU than its FLOPs say, relative to the dense layers:
+# the [rows, heads, L, L] float32 passes (bias, mask, softmax, dropout, the bias gradient) are
+# memory-bound there. Calibrated on t5-v1_1-small, batch 16, CQA-like lengths (BENCHMARKS.md).
+CPU_ATTENTION_COST = 6.0
+
+
+def attention_length(model_config: Any, platform: str) -> float:
+    """Row length at which a token's attention costs as much as its dense layers.
+
+    `model_config` has T5Config's dims. Per token and layer, the dense layers do
+    4 * d_model * width (query, key, value, out; width = num_heads * d_kv) plus
+    (3 if gated else 2) * d_model * d_ff multiply-adds, and attention over a row of L tokens
+    2 * L * width (scores, weighted values). So L = dense / (2 * width): 3072 for
+    t5-v1_1-small, 640 for the demo's tiny model; on CPU divided by CPU_ATTENTION_COST.
+    """
+    c = model_config
+    width = c.num_heads * c.d_kv
+    gated = c.feed_forward_proj.startswith("gated")
+    dense = 4 * c.d_model * width + (3 if gated else 2) * c.d_model * c.d_ff
+    balance = dense / (2 * width)
+    return balance / CPU_ATTENTION_COST if platform == "cpu" else balance
+
+
 def choose_pack_spec(
     enc_lengths: np.ndarray,
     dec_lengths: np.ndarray,
@@ -164,7 +188,7 @@ def choose_pack_spec(
     together. Each candidate packs the same few random steps (fixed seed: identical on every
     process) and the least estimated compute wins: slots weighted by 1 + attended length /
     `attention_length` (the row length at which attention costs about as much as the dense
-    layers: ~2.5k for t5-small, ~4.6k for t5-base), so longer rows must save real padding.
+    layers, `attention_length()`), so longer rows must save real padding.
     Row counts round up to `row_bucket` (0: ~5% of the rows, a multiple of `row_multiple`).
     """
     mean_enc, mean_dec = float(np.mean(enc_lengths)), float(np.mean(dec_lengths))
@@ -174,7 +198,7 @@ def choose_pack_spec(
     else:
         top = round_up(max(longest_enc, max_pairs_per_row * mean_enc), 64)
         candidates = list(range(round_up(longest_enc, 64), top + 1, 64))
-        candidates = candidates[:: max(1, len(candidates) // 12)]  # at most ~12
+        candidates = candidates[:: max(1, len(candidates) // 24)]  # at most ~24
     # A few random steps (with replacement; fixed seed), fewer for big batches.
     rng = np.random.default_rng(0)
     per_step = examples_per_micro_batch * grad_steps

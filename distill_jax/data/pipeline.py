@@ -77,7 +77,9 @@ class TrainIterator:
     axes (rows per micro-batch are a multiple of it); `row_bucket` row-count granularity
     (0 = automatic); `process_index` / `process_count` (`jax.process_index()` /
     `jax.process_count()`); `label_key` record field used as the label; `prefetch` batches
-    built ahead in a background thread (0 = build on `next`).
+    built ahead in a background thread (0 = build on `next`); `attention_length` the row
+    length at which attention costs as much as the dense layers (`packing.attention_length`),
+    which weighs padding against attention in the automatic choice.
 
     Attributes: `pack_input_length`, `pack_target_length`, `row_bucket`, `spec` (the
     automatic choice and its estimated padding), `steps_per_epoch`, `padding_fraction` (pad
@@ -104,6 +106,7 @@ class TrainIterator:
         process_count: int = 1,
         label_key: str = "label",
         prefetch: int = 2,
+        attention_length: float = 4096.0,
     ):
         if not records:
             raise UserError("the training split has no records")
@@ -151,6 +154,7 @@ class TrainIterator:
             input_length=pack_input_length,
             target_length=pack_target_length,
             row_bucket=row_bucket,
+            attention_length=attention_length,
         )
         self.pack_input_length = self.spec.input_length
         self.pack_target_length = self.spec.target_length
