@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from distill_jax.data import packing
+from distill_jax.data import packing, pipeline
 from distill_jax.model import hf_io
 from distill_jax.model.config import T5Config, config_to_hf
 
@@ -135,16 +135,7 @@ def pack_batch(
             raise SystemExit(f"a pair is longer than the pack lengths {pack_in}/{pack_tgt}")
         plans.append((ids, packing.pack_rows(enc, dec, pack_in, pack_tgt)))
     rows = packing.round_up(max(n for _, (_, n) in plans), row_multiple)
-    shape_in, shape_tgt = (grad_steps, rows, pack_in), (grad_steps, rows, pack_tgt)
-    b = {
-        "encoder_input_tokens": np.zeros(shape_in, np.int32),
-        "encoder_segment_ids": np.zeros(shape_in, np.int32),
-        "decoder_input_tokens": np.zeros(shape_tgt, np.int32),
-        "decoder_target_tokens": np.zeros(shape_tgt, np.int32),
-        "decoder_segment_ids": np.zeros(shape_tgt, np.int32),
-        "label_weights": np.zeros(shape_tgt, np.float32),
-        "rationale_weights": np.zeros(shape_tgt, np.float32),
-    }
+    b = pipeline.empty_batch(grad_steps, rows, pack_in, pack_tgt)
     for m, (ids, (row_of, _)) in enumerate(plans):
         fill_in, fill_tgt = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
         segments = np.zeros(rows, np.int32)

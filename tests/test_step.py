@@ -7,13 +7,16 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from distill_jax.data import pipeline
 from distill_jax.model.config import get_preset
 from distill_jax.model.t5 import T5
 from distill_jax.tokenizer import Tokenizer
+from distill_jax.train.state import make_optimizer
 from distill_jax.train.step import loss_and_grads
 from tests import fixtures
 
@@ -120,21 +123,17 @@ def test_alpha_one_ignores_rationales_and_alpha_zero_ignores_labels(tokenizer, m
 
 def test_adafactor_factors_attention_kernels_like_hf(model_and_params):
     """HF's Adafactor factors every matrix; so must ours, also [d_model, heads, d_kv] kernels."""
-    import ml_collections
-    import optax
-
-    from distill_jax.train.state import make_optimizer
-
     _, params = model_and_params
     train_cfg = ml_collections.ConfigDict(
         dict(optimizer="adafactor", lr=1e-3, warmup_steps=0, max_steps=10, max_grad_norm=1.0)
     )
     state = make_optimizer(train_cfg).init(params)
-    factored = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "v_row"))]
-    factored = [s for s in factored if hasattr(s, "v_row")][0]
-    query = params["encoder"]["layers_0"]["attention"]["query"]["kernel"]  # [128, 4, 32]
-    v_row = factored.v_row["encoder"]["layers_0"]["attention"]["query"]["kernel"]
-    v_col = factored.v_col["encoder"]["layers_0"]["attention"]["query"]["kernel"]
-    v = factored.v["encoder"]["layers_0"]["attention"]["query"]["kernel"]
-    assert v.size == 1 and v_row.size + v_col.size < query.size // 8, (v_row.shape, v_col.shape)
-    assert isinstance(factored, optax.FactoredState)
+    is_factored = lambda x: isinstance(x, optax.FactoredState)  # noqa: E731
+    (factored,) = [s for s in jax.tree.leaves(state, is_leaf=is_factored) if is_factored(s)]
+
+    def query(tree):
+        return tree["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+
+    kernel = query(params)  # [128, 4, 32]
+    v_row, v_col, v = query(factored.v_row), query(factored.v_col), query(factored.v)
+    assert v.size == 1 and v_row.size + v_col.size < kernel.size // 8, (v_row.shape, v_col.shape)

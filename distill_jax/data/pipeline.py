@@ -65,6 +65,22 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def empty_batch(
+    grad_steps: int, rows: int, input_length: int, target_length: int
+) -> dict[str, np.ndarray]:
+    """All-padding arrays of a packed train batch (the module docstring lists the fields)."""
+    shape_in, shape_tgt = (grad_steps, rows, input_length), (grad_steps, rows, target_length)
+    return {
+        "encoder_input_tokens": np.zeros(shape_in, np.int32),
+        "encoder_segment_ids": np.zeros(shape_in, np.int32),
+        "decoder_input_tokens": np.zeros(shape_tgt, np.int32),
+        "decoder_target_tokens": np.zeros(shape_tgt, np.int32),
+        "decoder_segment_ids": np.zeros(shape_tgt, np.int32),
+        "label_weights": np.zeros(shape_tgt, np.float32),
+        "rationale_weights": np.zeros(shape_tgt, np.float32),
+    }
+
+
 class TrainIterator:
     """Infinite iterator of packed train batches (module docstring); a pure function of
     (seed, step).
@@ -226,17 +242,7 @@ class TrainIterator:
         pair_ids, rows, rows_per_micro = self._plan(example_ids)
         local = rows_per_micro // self.process_count
         lo = self.process_index * local
-        shape_in = (self.grad_steps, local, self.pack_input_length)
-        shape_tgt = (self.grad_steps, local, self.pack_target_length)
-        batch = {
-            "encoder_input_tokens": np.zeros(shape_in, np.int32),
-            "encoder_segment_ids": np.zeros(shape_in, np.int32),
-            "decoder_input_tokens": np.zeros(shape_tgt, np.int32),
-            "decoder_target_tokens": np.zeros(shape_tgt, np.int32),
-            "decoder_segment_ids": np.zeros(shape_tgt, np.int32),
-            "label_weights": np.zeros(shape_tgt, np.float32),
-            "rationale_weights": np.zeros(shape_tgt, np.float32),
-        }
+        batch = empty_batch(self.grad_steps, local, self.pack_input_length, self.pack_target_length)
         micro, row_in_micro = np.divmod(rows, rows_per_micro)
         for m in range(self.grad_steps):
             in_block = (micro == m) & (row_in_micro >= lo) & (row_in_micro < lo + local)
