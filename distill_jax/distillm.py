@@ -36,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=int, default=0)
     p.add_argument("--from_pretrained", type=str, default="google/t5-v1_1-base")
     p.add_argument("--label_type", type=str, default="gt", choices=("gt", "llm"))
-    p.add_argument("--llm", type=str, default="palm")
+    p.add_argument(
+        "--llm",
+        type=str,
+        default=None,
+        help="default: 'generic' for --dataset generic, else 'palm'",
+    )
     p.add_argument("--max_input_length", type=int, default=1024)
     p.add_argument("--grad_steps", type=int, default=1)
     p.add_argument("--local_rank", type=int, default=-1, help="accepted and ignored")
@@ -52,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def llm_of(args: argparse.Namespace) -> str:
+    """--llm, defaulting to the teacher whose outputs the dataset has ('palm' as in the
+    reference; generic data is the fork's, whose labels are the LLM's: 'generic')."""
+    if args.llm is not None:
+        return args.llm
+    return "generic" if args.dataset == "generic" else "palm"
+
+
 def config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
     """Maps the reference's flags onto our config."""
     c = importlib.import_module(f"configs.{args.dataset}").get_config()
@@ -59,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
     c.dtype = "bfloat16" if args.bf16 else "float32"  # the reference trains in fp32 by default
     c.data.subsample = args.subsample
     c.data.label_type = args.label_type
-    c.data.llm = args.llm
+    c.data.llm = llm_of(args)
     c.data.max_input_length = args.max_input_length
     c.model.from_pretrained = args.from_pretrained
     name = pathlib.Path(args.from_pretrained).name
@@ -88,7 +101,7 @@ def default_output_dir(args: argparse.Namespace) -> pathlib.Path:
         args.dataset,
         model,
         args.model_type,
-        args.llm,
+        llm_of(args),
         args.subsample,
         args.label_type,
         args.alpha,

@@ -38,7 +38,7 @@ import tensorflow_datasets as tfds
 from distill_jax.errors import UserError
 
 # Bump when the way records are produced or stored changes: every dataset is then rebuilt.
-PROCESSING_VERSION = "1.0.0"
+PROCESSING_VERSION = "1.1.0"  # 1.1.0: generic files keep their llm_label
 BUILDER_NAME = "distill_records"
 _HASH_CHARS = 12
 

@@ -3,7 +3,9 @@ reference (`distillm`) defines them.
 
 A file may be a JSON array, JSON Lines, or JSON objects one after another (the fork's own
 `generic_*.json` files are pretty-printed objects back to back). All three fields must be
-non-empty strings; other fields (e.g. the fork's `llm_label`, `llm_rationale`) are ignored.
+non-empty strings. An optional `llm_label` (the teacher's answer, as `--mode=teach` writes it)
+is kept; either every record of a file has one or none does. Other fields (e.g. the fork's
+`llm_rationale`) are ignored.
 A malformed record is a UserError naming the file, line and field, or, with
 `skip_bad_records`, is skipped and counted in a warning per file.
 """
@@ -19,6 +21,7 @@ from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json, t
 from distill_jax.errors import UserError
 
 FIELDS = ("input", "label", "rationale")
+OPTIONAL = ("llm_label",)  # the teacher's label, where the records carry it
 
 
 def check_record(value: Any) -> dict[str, str] | str:
@@ -29,8 +32,10 @@ def check_record(value: Any) -> dict[str, str] | str:
             f"{', '.join(FIELDS)}"
         )
     record = {}
-    for field in FIELDS:
+    for field in FIELDS + OPTIONAL:
         if field not in value:
+            if field in OPTIONAL:
+                continue
             return f"missing field '{field}'"
         text = value[field]
         if not isinstance(text, str):
@@ -53,6 +58,8 @@ def read_generic_file(path: str | Path, skip_bad_records: bool = False) -> tuple
     records: list[dict] = []
     problems: list[str] = []
     number = 0  # 1-based index of the record (top-level value) in the file
+    with_llm: tuple[int, int] | None = None  # (line, record) of the first with an llm_label
+    without_llm: tuple[int, int] | None = None  # ... and of the first without one
     for item in scan_json(read_utf8(path)):
         if isinstance(item, SyntaxProblem):
             problem = f"{path}, line {item.line}: {item.message}"
@@ -61,11 +68,21 @@ def read_generic_file(path: str | Path, skip_bad_records: bool = False) -> tuple
             checked = check_record(item.value)
             if isinstance(checked, dict):
                 records.append(checked)
+                if "llm_label" in checked:
+                    with_llm = with_llm or (item.line, number)
+                else:
+                    without_llm = without_llm or (item.line, number)
                 continue
             problem = f"{path}, line {item.line} (record {number}): {checked}"
         if not skip_bad_records:
             raise UserError(problem + " (set data.skip_bad_records=True to skip bad records)")
         problems.append(problem)
+    if with_llm and without_llm:
+        raise UserError(
+            f"{path}, line {without_llm[0]} (record {without_llm[1]}): no field 'llm_label', "
+            f"but record {with_llm[1]} (line {with_llm[0]}) has one: give every record of the "
+            "file the teacher's label in 'llm_label' (as --mode=teach writes them), or none"
+        )
     if problems:
         logging.warning(
             "%s: skipped %d bad record(s); the first: %s", path, len(problems), problems[0]

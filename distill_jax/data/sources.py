@@ -242,10 +242,23 @@ def _load_generic(data_cfg: Any, llm: str | None) -> dict[str, list[dict]]:
     for split, path in generic.generic_paths(data_cfg).items():
         if path is not None:
             splits[split], _ = generic.read_generic_file(path, skip)
-    if llm == "generic":  # the fork: the file's label and rationale are the LLM's
+    if llm is None:  # no teacher: the files' llm_label (if any) is not used
         for records in splits.values():
             for r in records:
+                r.pop("llm_label", None)
+        return splits
+    fork_files = []
+    for split, records in splits.items():
+        if "llm_label" not in records[0]:  # a file has it on every record or on none
+            fork_files.append(split)  # the fork's meaning: the file's label is the LLM's
+            for r in records:
                 r["llm_label"] = r["label"]
+    if fork_files:
+        logging.info(
+            "generic %s: records without 'llm_label' are read as the healthcare fork's: "
+            "their 'label' is the LLM's",
+            "/".join(fork_files),
+        )
     return splits
 
 
@@ -365,3 +378,27 @@ def load_splits(data_cfg: Any, seed: int) -> dict[str, list[dict]]:
             {**r, "label": r["llm_label"], "gt_label": r["label"]} for r in splits["train"]
         ]
     return {split: splits[split] for split in SPLITS}
+
+
+def gold_rows(data_cfg: Any, split: str) -> list[dict]:
+    """`{input, label}` of a reference dataset's `split`, formatted as for training, without
+    any LLM output (what `--mode=teach` asks a teacher about when no --input is given)."""
+    name = getattr(data_cfg, "name", None)
+    if name not in SPECS:
+        raise UserError(f"data.name={name!r} has no split files of the reference layout")
+    data_dir = Path(getattr(data_cfg, "dir", "datasets") or "datasets")
+    parts = {"train": [("svamp", "train"), ("asdiv", "train")], "test": [("svamp", "test")]}
+    parts = parts if name == "asdiv" else {s: [(name, s)] for s in SPECS[name].num_batches}
+    if split not in parts:
+        raise UserError(
+            f"{name} has no {split} split (it has {', '.join(parts)}); set teacher.split"
+        )
+    rows = []
+    for part, part_split in parts[split]:
+        path = data_dir / part / f"{part}_{part_split}.json"
+        source = data_dir / part / "SVAMP.json"
+        if part == "svamp" and not path.is_file() and source.is_file():
+            rows += _svamp_from_source(source)[part_split]
+        else:
+            rows += _read_rows(path, part, data_dir)
+    return rows
