@@ -1,7 +1,7 @@
 """distill-jax entry point.
 
     python launch.py --config=configs/<dataset>.py[:<preset>] [--config.<field>=<value>] \
-        [--workdir=DIR] [--mode=train|eval|predict|data|export]
+        [--workdir=DIR] [--mode=train|eval|predict|data|export|teach]
 
 Rerunning the same command resumes from the workdir's latest checkpoint.
 """
@@ -19,10 +19,15 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: from the config).")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "predict", "data", "export"], "What to do."
+    "mode", "train", ["train", "eval", "predict", "data", "export", "teach"], "What to do."
 )
-_INPUT = flags.DEFINE_string("input", None, "predict: JSON array or JSON Lines of {'input': ...}.")
-_OUTPUT = flags.DEFINE_string("output", None, "predict: output JSON Lines file.")
+_INPUT = flags.DEFINE_string(
+    "input",
+    None,
+    "predict: JSON array or JSON Lines of {'input': ...}; teach: {input[, label]} records "
+    "(batch_import: the Batch results file).",
+)
+_OUTPUT = flags.DEFINE_string("output", None, "predict / teach: output JSON Lines file.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "export: Hugging Face T5 directory to write.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: 'host:port' of process 0."
@@ -143,6 +148,12 @@ def run(argv) -> int:
     elif mode == "export":
         out = modes.run_export(config, workdir, _EXPORT_DIR.value or "")
         print(f"exported a Hugging Face T5 model to {out}")
+    elif mode == "teach":
+        from distill_jax.teach import run as teach
+
+        summary = teach.run_teach(config, workdir, _INPUT.value or "", _OUTPUT.value or "")
+        if "kept" in summary:
+            print(teach.format_summary(summary), flush=True)
     return 0
 
 

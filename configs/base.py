@@ -83,6 +83,28 @@ def get_base_config() -> ml_collections.ConfigDict:
     ms.data = -1  # devices on the data-parallel axis (-1 takes the rest)
     ms.fsdp = 1  # devices sharding parameters and optimizer state (ZeRO-3)
     ms.tensor = 1  # devices splitting heads, mlp and vocab (tensor parallel)
+
+    # --mode=teach: a teacher LLM writes chain-of-thought rationales (distill_jax/teach/).
+    c.teacher = tc = ml_collections.ConfigDict()
+    tc.backend = "openai"  # 'openai' (OpenAI-compatible HTTP) | 'hf' (local causal LM dir) |
+    #                        'batch_export' | 'batch_import' (OpenAI Batch JSONL files)
+    tc.base_url = "http://127.0.0.1:8000/v1"  # the server's OpenAI-compatible API root
+    tc.model = ""  # model name sent to the server, or the local model directory for 'hf'
+    tc.api = "chat"  # 'chat' (/chat/completions) | 'completions' (/completions)
+    tc.api_key_env = "OPENAI_API_KEY"  # env var holding the key (read, never written)
+    tc.prompt_file = ""  # prompt template file with {shots} {input} [{label}] ('' = built-in)
+    tc.num_shots = 0  # >0: shots drawn from input records with a rationale (0 = built-in shots)
+    tc.rationalize = False  # STaR-style: show the gold label and ask for the reasoning
+    tc.num_samples = 1  # answers per input; with >1 the majority label wins
+    tc.filter = "parsed"  # 'parsed' | 'gold' (also agree with gold) | 'majority' | 'none'
+    tc.temperature = 0.0  # sampling temperature (0 = greedy); use > 0 with num_samples > 1
+    tc.max_tokens = 256  # new tokens per answer
+    tc.concurrency = 8  # requests in flight ('hf': prompts per generate batch)
+    tc.max_retries = 6  # retries per request on 429, 5xx, timeouts and connection errors
+    tc.timeout_s = 120.0  # seconds per HTTP request
+    tc.backoff_s = 1.0  # first retry delay; doubles per retry, with jitter
+    tc.backoff_max_s = 60.0  # longest retry delay (a server's Retry-After is honoured)
+    tc.split = "train"  # reference datasets without --input: the split to teach
     return c
 
 

@@ -1,0 +1,98 @@
+"""OpenAI Batch JSONL files, for jobs too large to run online.
+
+`teacher.backend=batch_export` writes `<workdir>/teacher/batch_requests.jsonl`, one line
+`{"custom_id": <cache key>, "method": "POST", "url": "/v1/chat/completions", "body": {...}}`
+per answer not yet cached (what `vllm run-batch` and hosted batch APIs take), and the records
+it was made from to `batch_inputs.jsonl`. `teacher.backend=batch_import` with
+`--input=<results.jsonl>` reads the results (`{"custom_id", "response": {"status_code",
+"body"}, "error"}` per line), stores each answer in the cache under its custom_id, and the
+usual filter and output steps run on the records of `batch_inputs.jsonl`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json
+from distill_jax.errors import UserError
+from distill_jax.teach.backends import Answer, Request, completion_text, endpoint, request_body
+from distill_jax.teach.records import Record
+
+REQUESTS_FILE = "batch_requests.jsonl"
+INPUTS_FILE = "batch_inputs.jsonl"
+
+
+def _write_atomic(path: Path, lines: Iterable[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+    os.replace(tmp, path)
+
+
+def export(teacher_dir: Path, t: Any, records: list[Record], requests: list[Request]) -> Path:
+    """Writes the Batch requests and the records they came from; returns the requests file."""
+    url = "/v1" + endpoint(t.api)
+    out = teacher_dir / REQUESTS_FILE
+    _write_atomic(
+        out,
+        (
+            json.dumps(
+                {
+                    "custom_id": r.key,
+                    "method": "POST",
+                    "url": url,
+                    "body": request_body(t, r.prompt),
+                },
+                ensure_ascii=False,
+            )
+            for r in requests
+        ),
+    )
+    _write_atomic(
+        teacher_dir / INPUTS_FILE,
+        (json.dumps(dataclasses.asdict(r), ensure_ascii=False) for r in records),
+    )
+    return out
+
+
+def exported_records(teacher_dir: Path) -> list[Record]:
+    """The records `export` saved; UserError when this workdir has none."""
+    path = teacher_dir / INPUTS_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{path}: not found; run teacher.backend=batch_export with the same --workdir first"
+        )
+    return [Record(**item.value) for item in scan_json(read_utf8(path))]
+
+
+def read_results(path: str | Path, api: str) -> list[Answer]:
+    """One Answer per result line (`error` set for a failed request); UserError naming the
+    file and line of a line that is not a Batch result."""
+    path = Path(path)
+    answers = []
+    for item in scan_json(read_utf8(path)):
+        if isinstance(item, SyntaxProblem):
+            raise UserError(f"{path}, line {item.line}: {item.message}")
+        row = item.value
+        key = row.get("custom_id") if isinstance(row, dict) else None
+        if not isinstance(key, str):
+            raise UserError(f"{path}, line {item.line}: not a Batch result (no 'custom_id')")
+        resp = row.get("response") or {}
+        status = resp.get("status_code")
+        if status == 200:
+            try:
+                text, pt, ct = completion_text(api, resp.get("body"))
+            except ValueError as e:
+                raise UserError(f"{path}, line {item.line}: {e}") from None
+            answers.append(Answer(key, text, pt, ct))
+        else:
+            err = row.get("error") or (resp.get("body") or {}).get("error") or {}
+            msg = err.get("message", err) if isinstance(err, dict) else err
+            answers.append(Answer(key, None, error=f"{status or 'batch'} {msg}".strip()))
+    return answers

@@ -1,0 +1,106 @@
+"""`<workdir>/teacher/cache.jsonl`: every teacher answer, appended and flushed as it arrives.
+
+One JSON object per line: `{"key", "text", "prompt_tokens", "completion_tokens"}`. The key is
+a hash of everything the answer depends on (`request_key`), so a rerun after a crash, or with
+another filter or output file, asks only for what is missing. A process killed mid-write
+leaves at most one torn last line: it is dropped (and cut off the file) when the cache opens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from distill_jax.errors import UserError
+
+KEY_VERSION = 1  # bump when the key's recipe changes
+
+
+def request_key(
+    *,
+    model: str,
+    backend: str,
+    api: str,
+    prompt: str,
+    prompt_version: str,
+    sampling: dict[str, Any],
+    sample: int,
+) -> str:
+    """Hex sha256 of what one answer depends on (also the Batch API's custom_id)."""
+    payload = {
+        "v": KEY_VERSION,
+        "model": model,
+        "backend": backend,  # 'openai' for the HTTP and batch backends (same requests), 'hf'
+        "api": api,
+        "prompt": prompt,
+        "prompt_version": prompt_version,
+        "sampling": sampling,
+        "sample": sample,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class AnswerCache:
+    """The answers of earlier runs (`get`) and an append-only writer for new ones (`put`)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._answers: dict[str, dict[str, Any]] = {}
+        self._load()
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        keep = data.rfind(b"\n") + 1  # a torn write has no newline yet: drop that tail
+        lines = data[:keep].split(b"\n")[:-1]
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                self._answers[row["key"]] = row
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                if number < len(lines):  # only the last line can be a torn write
+                    raise UserError(
+                        f"{self.path}, line {number}: not a cache entry; delete that line (its "
+                        "answer is asked again) or the whole file"
+                    ) from None
+                keep -= len(line) + 1
+        if keep < len(data):  # cut the torn tail so that new lines start cleanly
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._answers
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The cached answer `{key, text, prompt_tokens, completion_tokens}`, or None."""
+        return self._answers.get(key)
+
+    def put(self, key: str, text: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        """Stores one answer and flushes it to the file at once."""
+        row = {
+            "key": key,
+            "text": text,
+            "prompt_tokens": int(prompt_tokens),
+            "completion_tokens": int(completion_tokens),
+        }
+        self._answers[key] = row
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flushes to disk and closes the file."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()

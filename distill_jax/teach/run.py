@@ -1,0 +1,280 @@
+"""`--mode=teach`: records -> teacher answers (cached) -> filtered `{input, label, rationale,
+llm_label}` records in OUT, with `<workdir>/teacher/{cache,rejected}.jsonl` and `summary.json`.
+
+OUT and rejected.jsonl are written once, at the end, through a temp file and a rename: a crash
+never leaves a half-file, and the cache keeps every answer that had arrived, so the rerun asks
+only for the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from absl import logging
+from tqdm import tqdm
+
+from distill_jax.data import sources
+from distill_jax.errors import UserError
+from distill_jax.teach import answers, backends, batch, cache, checks, prompts
+from distill_jax.teach.records import Record, dataset_records, read_records
+
+TEACHER_DIR = "teacher"
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """JSON Lines through a temp file and a rename (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _records(config, teacher_dir: Path, input_path: str) -> tuple[list[Record], str]:
+    t = config.teacher
+    if t.backend == "batch_import":
+        if not input_path:
+            raise UserError("teacher.backend=batch_import needs --input=<batch results.jsonl>")
+        return batch.exported_records(teacher_dir), str(teacher_dir / batch.INPUTS_FILE)
+    if input_path:
+        return read_records(input_path), input_path
+    if config.data.name == "generic" and not config.data.train_file and t.split == "train":
+        logging.info("no --input: teaching the generic %s file", t.split)
+    return dataset_records(config.data, t.split)
+
+
+def _shots_for(records: list[Record], t, builtin: tuple) -> list[list[prompts.Shot] | tuple]:
+    """The shots of each record's prompt: built-in, or `num_shots` records with a rationale
+    (never the record itself)."""
+    n = int(t.num_shots)
+    if n == 0:
+        return [builtin] * len(records)
+    pool = [(i, r) for i, r in enumerate(records) if r.rationale and r.label][: n + 1]
+    if len(pool) < n:
+        raise UserError(
+            f"config field teacher.num_shots={n}: the input has only {len(pool)} record(s) "
+            "with both a 'label' and a 'rationale' to use as shots"
+        )
+    out = []
+    for i in range(len(records)):
+        picked = [prompts.Shot(r.input, r.rationale, r.label) for j, r in pool if j != i][:n]
+        out.append(picked)
+    return out
+
+
+def _plan(config, records: list[Record]) -> tuple[list[list[str]], dict[str, str]]:
+    """(cache keys per record, one per sample; prompt per key)."""
+    t = config.teacher
+    dataset = config.data.name
+    if t.rationalize:
+        for k, r in enumerate(records):
+            if not r.label:
+                raise UserError(
+                    f"config field teacher.rationalize=True needs a gold label: input record "
+                    f"{k + 1} has no 'label'"
+                )
+    prompter, builtin = prompts.make_prompter(dataset, t.prompt_file, bool(t.rationalize))
+    sampling = {
+        "temperature": float(t.temperature),
+        "max_tokens": int(t.max_tokens),
+        "stop": prompts.STOP,
+    }
+    family = "hf" if t.backend == "hf" else "openai"  # batch files send the HTTP requests
+    keys, prompt_of = [], {}
+    for r, shots in zip(records, _shots_for(records, t, builtin), strict=True):
+        prompt = prompter.render(r.input, r.label, shots)
+        row = []
+        for sample in range(int(t.num_samples)):
+            key = cache.request_key(
+                model=str(t.model),
+                backend=family,
+                api=t.api,
+                prompt=prompt,
+                prompt_version=prompter.version,
+                sampling=sampling,
+                sample=sample,
+            )
+            prompt_of[key] = prompt
+            row.append(key)
+        keys.append(row)
+    return keys, prompt_of
+
+
+def _make_backend(t):
+    if t.backend == "hf":
+        return backends.HFBackend(t)
+    # The key lives only in this process's memory and in the Authorization header.
+    return backends.OpenAIBackend(t, os.environ.get(str(t.api_key_env)) or None)
+
+
+def _ask(config, store: cache.AnswerCache, missing: list[backends.Request], input_path: str):
+    """Fills the cache with the missing answers; returns (errors by key, stats)."""
+    t = config.teacher
+    errors: dict[str, str] = {}
+    stats = collections.Counter()
+
+    def on_answer(a: backends.Answer) -> None:
+        if a.text is None:
+            errors[a.key] = a.error or "no answer"
+            stats["failed"] += 1
+        else:
+            store.put(a.key, a.text, a.prompt_tokens, a.completion_tokens)
+            errors.pop(a.key, None)
+            stats["answered"] += 1
+            stats["prompt_tokens"] += a.prompt_tokens
+            stats["completion_tokens"] += a.completion_tokens
+        bar.update(1)
+        bar.set_postfix(answered=stats["answered"], cached=len(store), failed=stats["failed"])
+
+    bar = tqdm(
+        total=len(missing),
+        desc="teacher",
+        unit="req",
+        disable=not config.logging.progress_bar,
+        dynamic_ncols=True,
+    )
+    try:
+        if t.backend == "batch_import":
+            wanted = {r.key for r in missing}
+            for a in batch.read_results(input_path, t.api):
+                if a.key in wanted:
+                    on_answer(a)
+                else:
+                    stats["unknown_custom_ids"] += 1
+            stats["attempts"] = 0
+        elif missing:
+            backend = _make_backend(t)
+            backend.run(missing, on_answer)
+            stats["attempts"] = backend.attempts
+    finally:
+        bar.close()
+    return errors, stats
+
+
+def run_teach(
+    config: ml_collections.ConfigDict, workdir: Path, input_path: str, output_path: str
+) -> dict[str, Any]:
+    """Runs the teacher over the records and writes OUT; returns the summary."""
+    start = time.time()
+    t = config.teacher
+    checks.validate_teacher_config(t)
+    if config.data.name not in sources.SUPPORTED:
+        raise UserError(f"config field data.name={config.data.name!r}: unknown dataset")
+    if t.backend != "batch_export" and not output_path:
+        raise UserError("--mode=teach needs --output=FILE (JSON Lines of the kept records)")
+    teacher_dir = Path(workdir) / TEACHER_DIR
+    teacher_dir.mkdir(parents=True, exist_ok=True)
+    records, source = _records(config, teacher_dir, input_path)
+    keys, prompt_of = _plan(config, records)
+    store = cache.AnswerCache(teacher_dir / "cache.jsonl")
+    try:
+        cached = sum(k in store for k in prompt_of)
+        missing = [backends.Request(k, p) for k, p in prompt_of.items() if k not in store]
+        if t.backend == "batch_export":
+            path = batch.export(teacher_dir, t, records, missing)
+            print(f"wrote {len(missing)} requests ({cached} already cached) to {path}")
+            return {"exported": len(missing), "cached": cached, "requests_file": str(path)}
+        errors, stats = _ask(config, store, missing, input_path)
+        kept, rejected, graded = _decide(config, records, keys, store, errors)
+    finally:
+        store.close()
+    _write_jsonl(Path(output_path), kept)
+    _write_jsonl(teacher_dir / "rejected.jsonl", rejected)
+    summary = _summary(config, records, kept, rejected, graded, keys, store, stats, cached, missing)
+    summary.update(input=source, output=str(output_path), wall_time_s=round(time.time() - start, 3))
+    (teacher_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _decide(config, records, keys, store, errors):
+    """(kept rows, rejected rows, (gold, teacher label) of every answered input with gold)."""
+    t = config.teacher
+    kept, rejected, graded = [], [], []
+    for r, row_keys in zip(records, keys, strict=True):
+        base = {"input": r.input} | ({"label": r.label} if r.label else {})
+        failed = [k for k in row_keys if store.get(k) is None]
+        if failed:
+            why = errors.get(failed[0], "no answer (not asked in this run)")
+            rejected.append({**base, "reason": f"request_failed: {why}", "text": None})
+            continue
+        texts = [store.get(k)["text"] for k in row_keys]
+        d = answers.decide(config.data.name, texts, r.input, r.label, t.filter)
+        if r.label:  # an unparseable answer counts as wrong
+            graded.append((r.label, d.llm_label))
+        if d.reason:
+            extra = {"samples": texts} if len(texts) > 1 else {}
+            rejected.append({**base, "reason": d.reason, "text": texts[0], **extra})
+            continue
+        kept.append(
+            {
+                "input": r.input,
+                "label": r.label or d.llm_label,  # gold where the input has it
+                "rationale": d.rationale,
+                "llm_label": d.llm_label,
+            }
+        )
+    return kept, rejected, graded
+
+
+def _summary(config, records, kept, rejected, graded, keys, store, stats, cached, missing):
+    t = config.teacher
+    used = [store.get(k) for row in keys for k in row if store.get(k) is not None]
+    reasons = collections.Counter(row["reason"].split(":")[0] for row in rejected)
+    return {
+        "backend": t.backend,
+        "model": str(t.model),
+        "filter": t.filter,
+        "num_samples": int(t.num_samples),
+        "inputs": len(records),
+        "kept": len(kept),
+        "rejected": dict(sorted(reasons.items())),
+        "inputs_with_gold": sum(bool(r.label) for r in records),
+        "teacher_accuracy": answers.accuracy(config.data.name, graded),
+        "teacher_accuracy_per_label": answers.per_label_accuracy(config.data.name, graded),
+        "requests": {
+            "needed": sum(len(row) for row in keys),
+            "from_cache": cached,
+            "sent": len(missing),
+            "answered": stats["answered"],
+            "failed": stats["failed"],
+            "http_attempts": stats["attempts"],
+        },
+        "tokens": {
+            "prompt": sum(a["prompt_tokens"] for a in used),
+            "completion": sum(a["completion_tokens"] for a in used),
+            "prompt_this_run": stats["prompt_tokens"],
+            "completion_this_run": stats["completion_tokens"],
+        },
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The printed summary."""
+    req, tok = s["requests"], s["tokens"]
+    rejected = ", ".join(f"{k} {v}" for k, v in s["rejected"].items()) or "none"
+    lines = [
+        f"teacher {s['model']} ({s['backend']}, filter={s['filter']}, "
+        f"samples={s['num_samples']}): {s['inputs']} inputs, {s['kept']} kept; rejected: "
+        f"{rejected}",
+        f"requests: {req['needed']} needed, {req['from_cache']} from the cache, {req['sent']} "
+        f"sent ({req['answered']} answered, {req['failed']} failed, {req['http_attempts']} "
+        f"HTTP attempts); tokens: {tok['prompt']} prompt + {tok['completion']} completion",
+    ]
+    if s["teacher_accuracy"] is not None:
+        lines.append(
+            f"teacher accuracy vs gold: {s['teacher_accuracy']:.4f} over "
+            f"{s['inputs_with_gold']} inputs with a label"
+        )
+    for label, acc in (s["teacher_accuracy_per_label"] or {}).items():
+        lines.append(f"  {label}: {acc:.4f}")
+    lines.append(f"wrote {s['kept']} records to {s['output']} in {s['wall_time_s']:.1f}s")
+    return "\n".join(lines)
