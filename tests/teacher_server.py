@@ -32,7 +32,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-_TAG = re.compile(r"\[(\w+)(?:=([^\]]*)|x(\d+))?\]")
+_TAG = re.compile(r"\[([a-z0-9]+?)(?:=([^\]]*)|x(\d+))?\]")
 
 
 def query_of(prompt: str) -> str:
