@@ -14,6 +14,7 @@ where x comes from an `[ans=x]` tag in the query. Other tags script misbehaviour
     [vote=a,b,c]  the k-th request for this query answers the k-th label (cyclic)
     [fail]    every request gets 500 (the retries run out)
     [bad400]  every request gets 400 with a message
+    [echo]    400 with a message that quotes the request's headers (the API key too)
 
 `key` set: a request without `Authorization: Bearer <key>` gets 401. `delay` slows every
 answer. Everything received is logged in `.requests` (path, query, headers).
@@ -101,6 +102,8 @@ class TeacherServer:
             return 429, {"Retry-After": "0.01"}, {"error": {"message": "rate limited"}}
         if "500" in tags and n < int(tags["500"]) or "fail" in tags:
             return 500, {}, {"error": {"message": "internal error"}}
+        if "echo" in tags:  # a careless server quoting the request's credentials back
+            return 400, {}, {"error": {"message": f"bad request with {headers}"}}
         if "bad400" in tags:
             return 400, {}, {"error": {"message": "prompt is too long for this model"}}
         delay = float(tags.get("slow") or 0) + self.delay

@@ -124,13 +124,33 @@ def test_retries_rejections_filters_and_cache(tmp_path, server):
     assert s["rejected"] == {"request_failed": 2}
 
 
-def test_the_key_is_sent_only_in_the_header_and_never_written(tmp_path, server):
-    src = write_records(tmp_path / "in.jsonl", MIXED)
-    teach.run_teach(config(server.url), tmp_path / "w", str(src), str(tmp_path / "out.jsonl"))
-    assert {r["headers"]["Authorization"] for r in server.requests} == {f"Bearer {KEY}"}
+def test_the_key_is_sent_only_in_the_header_and_never_written(tmp_path, server, capsys):
+    src = write_records(tmp_path / "in.jsonl", [*MIXED, {"input": "Patient 10 [echo]"}])
+    s = teach.run_teach(config(server.url), tmp_path / "w", str(src), str(tmp_path / "o.jsonl"))
+    print(teach.format_summary(s))
+    assert {r["headers"]["Authorization"] for r in server.requests} == {AUTH}
+    rejected = read_jsonl(tmp_path / "w" / "teacher" / "rejected.jsonl")
+    assert any("Bearer ***" in r["reason"] for r in rejected)  # the echoed key is masked
+    assert KEY not in "".join(capsys.readouterr())
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert KEY not in path.read_text(errors="replace"), path
+
+
+def test_a_server_that_only_fails_is_an_error_and_no_output(tmp_path, server):
+    src = write_records(tmp_path / "in.jsonl", [{"input": "a [fail]"}, {"input": "b [fail]"}])
+    with pytest.raises(UserError, match=r"answered none of 2 request\(s\): last error: 500 int"):
+        teach.run_teach(config(server.url), tmp_path / "w", str(src), str(tmp_path / "o.jsonl"))
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_distillm_generic_defaults_to_the_generic_llm():
+    from distill_jax import distillm
+
+    args = distillm.build_parser().parse_args(["--dataset", "generic"])
+    assert distillm.config_from_args(args).data.llm == "generic"
+    args = distillm.build_parser().parse_args(["--dataset", "cqa"])
+    assert distillm.config_from_args(args).data.llm == "palm"
 
 
 def test_majority_vote_and_completions_api(tmp_path, server):
@@ -444,3 +464,27 @@ def test_generic_llm_labels_train_side(tmp_path, caplog):
     mixed = fixtures.write_generic_file(tmp_path / "mixed.json", [*taught[:3], recs[3]], "concat")
     with pytest.raises(UserError, match=rf"{mixed}, line 19 \(record 4\): no field 'llm_label'"):
         generic.read_generic_file(mixed)
+
+
+def test_mode_data_reads_teach_output_as_generic_data(tmp_path, server):
+    from distill_jax import modes
+
+    rows = [
+        {"input": f"Patient {k} [ans={'tsh' if k % 3 else 'ldl'}]", "label": "tsh"}
+        for k in range(12)
+    ]
+    src = write_records(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    teach.run_teach(config(server.url), tmp_path / "w", str(src), str(out))
+    c = generic_config.get_config()
+    c.data.train_file = c.data.valid_file = c.data.test_file = str(out)
+    c.data.label_type = "llm"
+    modes.run_data(c, tmp_path / "run")
+    train = read_jsonl(tmp_path / "run" / "data" / "train.jsonl")
+    assert len(train) == 12 and {r["label"] for r in train} == {"tsh", "ldl"}  # the teacher's
+    assert all(r["label"] == r["llm_label"] and r["gt_label"] == "tsh" for r in train)
+    test = read_jsonl(tmp_path / "run" / "data" / "test.jsonl")
+    assert {r["label"] for r in test} == {"tsh"} and {r["llm_label"] for r in test} == {
+        "tsh",
+        "ldl",
+    }

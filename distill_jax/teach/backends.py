@@ -127,6 +127,7 @@ class OpenAIBackend:
         self.t = t
         self.url = str(t.base_url).rstrip("/") + endpoint(t.api)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._key = api_key
         self.attempts = 0  # HTTP requests sent, retries included
         self.answered = 0  # requests that got an answer
         std_logging.getLogger("httpx").setLevel(std_logging.WARNING)  # no per-request lines
@@ -156,6 +157,8 @@ class OpenAIBackend:
                 self.answered += 1
                 return Answer(req.key, text, pt, ct)
             last = server_message(resp)
+            if self._key:  # a server may echo what it was sent: never pass the key on
+                last = last.replace(self._key, "***")
             if resp.status_code == 429 or resp.status_code >= 500:
                 wait = retry_after(resp)
                 delay = self._delay(attempt) if wait is None else wait

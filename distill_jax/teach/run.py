@@ -155,6 +155,12 @@ def _ask(config, store: cache.AnswerCache, missing: list[backends.Request], inpu
             backend = _make_backend(t)
             backend.run(missing, on_answer)
             stats["attempts"] = backend.attempts
+            if not stats["answered"] and len(store) == 0:  # a server that only fails
+                last = next(reversed(errors.values()), "no answer")
+                raise backends.TeacherUnreachable(
+                    f"teacher at {t.base_url} answered none of {len(missing)} request(s): "
+                    f"last error: {last}"
+                )
     finally:
         bar.close()
     return errors, stats
