@@ -15,6 +15,7 @@ the environment and sent only in the Authorization header; it is never stored or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import email.utils
 import logging as std_logging
@@ -30,6 +31,7 @@ from distill_jax.teach.prompts import STOP
 
 # 4xx answers that will not change for another input: the run stops at once.
 FATAL_STATUS = frozenset({401, 403, 404, 405})
+POOL_SIZE = 8  # connections per httpx client
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,22 +172,34 @@ class OpenAIBackend:
 
     async def _run(self, requests: Sequence[Request], on_answer: Callable[[Answer], None]):
         conc = int(self.t.concurrency)
-        limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+        # httpx's pool does work per request that grows with its connection count: several
+        # small pools keep concurrency 32 as cheap per request as 8 (BENCHMARKS.md).
+        sizes = [min(POOL_SIZE, conc - i) for i in range(0, conc, POOL_SIZE)]
         timeout = httpx.Timeout(float(self.t.timeout_s))
-        async with httpx.AsyncClient(headers=self._headers, limits=limits, timeout=timeout) as c:
-            first = await self._one(c, requests[0])  # alone: a wrong key costs one request
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        headers=self._headers,
+                        limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                        timeout=timeout,
+                    )
+                )
+                for n in sizes
+            ]
+            first = await self._one(clients[0], requests[0])  # alone: a wrong key costs one
             if first.error and first.error.startswith(_TRANSPORT):
                 raise _Fatal(first.error)  # nothing answers at that address
             on_answer(first)
             pending = iter(requests[1:])
 
-            async def worker():
+            async def worker(client: httpx.AsyncClient):
                 for req in pending:  # one shared iterator: each request taken once
-                    on_answer(await self._one(c, req))
+                    on_answer(await self._one(client, req))
 
             async with asyncio.TaskGroup() as group:  # a _Fatal cancels the other workers
-                for _ in range(conc):
-                    group.create_task(worker())
+                for k in range(conc):
+                    group.create_task(worker(clients[k // POOL_SIZE]))
 
     def run(self, requests: Sequence[Request], on_answer: Callable[[Answer], None]) -> None:
         """Gets every request's answer; raises TeacherUnreachable naming the URL and the last
