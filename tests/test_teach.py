@@ -137,6 +137,16 @@ def test_the_key_is_sent_only_in_the_header_and_never_written(tmp_path, server, 
             assert KEY not in path.read_text(errors="replace"), path
 
 
+def test_timeouts_are_retried_then_rejected(tmp_path, server):
+    rows = [{"input": "Patient 1 [ans=tsh]"}, {"input": "Patient 2 [ans=tsh] [slow=0.4]"}]
+    src = write_records(tmp_path / "in.jsonl", rows)
+    c = config(server.url, timeout_s=0.1, max_retries=1)
+    s = teach.run_teach(c, tmp_path / "w", str(src), str(tmp_path / "o.jsonl"))
+    assert s["kept"] == 1 and server.counts["Patient 2 [ans=tsh] [slow=0.4]"] == 2
+    (rejected,) = read_jsonl(tmp_path / "w" / "teacher" / "rejected.jsonl")
+    assert rejected["reason"] == "request_failed: no HTTP answer: ReadTimeout"
+
+
 def test_a_server_that_only_fails_is_an_error_and_no_output(tmp_path, server):
     src = write_records(tmp_path / "in.jsonl", [{"input": "a [fail]"}, {"input": "b [fail]"}])
     with pytest.raises(UserError, match=r"answered none of 2 request\(s\): last error: 500 int"):

@@ -26,7 +26,7 @@ def validate_teacher_config(t: Any) -> None:
         raise _field("filter", t.filter, f"use one of {', '.join(map(repr, FILTERS))}")
     if t.split not in SPLITS:
         raise _field("split", t.split, "use 'train', 'valid' or 'test'")
-    if not str(t.model).strip() and t.backend != "batch_import":
+    if not str(t.model).strip():  # it is part of every cache key (and custom_id)
         hint = "the local model directory" if t.backend == "hf" else "the name the server serves"
         raise _field("model", t.model, f"set it to {hint}")
     if t.backend == "openai" and not str(t.base_url).startswith(("http://", "https://")):

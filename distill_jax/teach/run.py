@@ -88,6 +88,12 @@ def _plan(config, records: list[Record]) -> tuple[list[list[str]], dict[str, str
         "max_tokens": int(t.max_tokens),
         "stop": prompts.STOP,
     }
+    if int(t.num_samples) > 1 and float(t.temperature) == 0:
+        logging.warning(
+            "teacher.num_samples=%d with teacher.temperature=0: greedy samples are identical, "
+            "so the vote decides nothing; set a temperature above 0",
+            int(t.num_samples),
+        )
     family = "hf" if t.backend == "hf" else "openai"  # batch files send the HTTP requests
     keys, prompt_of = [], {}
     for r, shots in zip(records, _shots_for(records, t, builtin), strict=True):
@@ -150,6 +156,15 @@ def _ask(config, store: cache.AnswerCache, missing: list[backends.Request], inpu
                     on_answer(a)
                 else:
                     stats["unknown_custom_ids"] += 1
+            for key in wanted - set(errors) - {k for k in wanted if k in store}:
+                errors[key] = f"no result for this custom_id in {input_path}"
+            if stats["unknown_custom_ids"]:
+                logging.warning(
+                    "%s: %d result(s) with a custom_id this run does not ask for: import with "
+                    "the teacher settings (model, prompt, sampling) of the export",
+                    input_path,
+                    stats["unknown_custom_ids"],
+                )
             stats["attempts"] = 0
         elif missing:
             backend = _make_backend(t)
