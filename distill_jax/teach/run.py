@@ -47,8 +47,6 @@ def _records(config, teacher_dir: Path, input_path: str) -> tuple[list[Record], 
         return batch.exported_records(teacher_dir), str(teacher_dir / batch.INPUTS_FILE)
     if input_path:
         return read_records(input_path), input_path
-    if config.data.name == "generic" and not config.data.train_file and t.split == "train":
-        logging.info("no --input: teaching the generic %s file", t.split)
     return dataset_records(config.data, t.split)
 
 
@@ -170,12 +168,6 @@ def _ask(config, store: cache.AnswerCache, missing: list[backends.Request], inpu
             backend = _make_backend(t)
             backend.run(missing, on_answer)
             stats["attempts"] = backend.attempts
-            if not stats["answered"] and len(store) == 0:  # a server that only fails
-                last = next(reversed(errors.values()), "no answer")
-                raise backends.TeacherUnreachable(
-                    f"teacher at {t.base_url} answered none of {len(missing)} request(s): "
-                    f"last error: {last}"
-                )
     finally:
         bar.close()
     return errors, stats
@@ -205,6 +197,12 @@ def run_teach(
             print(f"wrote {len(missing)} requests ({cached} already cached) to {path}")
             return {"exported": len(missing), "cached": cached, "requests_file": str(path)}
         errors, stats = _ask(config, store, missing, input_path)
+        if t.backend == "openai" and missing and not stats["answered"] and not cached:
+            last = next(reversed(errors.values()), "no answer")  # a server that only fails
+            raise backends.TeacherUnreachable(
+                f"teacher at {t.base_url} answered none of {len(missing)} request(s): "
+                f"last error: {last}"
+            )
         kept, rejected, graded = _decide(config, records, keys, store, errors)
     finally:
         store.close()
