@@ -137,6 +137,23 @@ def test_the_key_is_sent_only_in_the_header_and_never_written(tmp_path, server, 
             assert KEY not in path.read_text(errors="replace"), path
 
 
+def test_retry_after_is_honoured(tmp_path, server):
+    import httpx
+
+    from distill_jax.teach import backends
+
+    rows = [{"input": "Patient 1 [ans=tsh]"}, {"input": "Patient 2 [ans=tsh] [429x2]"}]
+    src = write_records(tmp_path / "in.jsonl", rows)
+    c = config(server.url, backoff_s=5.0, backoff_max_s=5.0)  # Retry-After (0.01 s) wins
+    start = time.time()
+    s = teach.run_teach(c, tmp_path / "w", str(src), str(tmp_path / "o.jsonl"))
+    assert s["kept"] == 2 and server.counts[rows[1]["input"]] == 3 and time.time() - start < 4
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"  # in the past: no wait
+    assert backends.retry_after(httpx.Response(429, headers={"Retry-After": date})) == 0.0
+    assert backends.retry_after(httpx.Response(429, headers={"Retry-After": "2"})) == 2.0
+    assert backends.retry_after(httpx.Response(429)) is None
+
+
 def test_timeouts_are_retried_then_rejected(tmp_path, server):
     rows = [{"input": "Patient 1 [ans=tsh]"}, {"input": "Patient 2 [ans=tsh] [slow=0.4]"}]
     src = write_records(tmp_path / "in.jsonl", rows)
