@@ -318,21 +318,26 @@ def _launch(args: list[str], **env) -> subprocess.Popen:
 @pytest.mark.slow
 def test_wrong_key_and_unreachable_url_exit_clearly(tmp_path, server):
     src = write_records(tmp_path / "in.jsonl", MIXED)
-    out = tmp_path / "out.jsonl"
-    common = [f"--input={src}", f"--output={out}", f"--workdir={tmp_path / 'w'}"]
-    proc = _launch([*common, f"--config.teacher.base_url={server.url}"], OPENAI_API_KEY="sk-bad")
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err
+    url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+
+    def args(name: str, base_url: str) -> list[str]:
+        return [f"--input={src}", f"--output={tmp_path / name}.jsonl",
+                f"--workdir={tmp_path / name}", f"--config.teacher.base_url={base_url}",
+                "--config.teacher.max_retries=1"]  # fmt: skip
+
+    # Both at once: each process spends most of its time importing.
+    bad_key = _launch(args("key", server.url), OPENAI_API_KEY="sk-bad")
+    no_server = _launch(args("url", url))
+    _, err = bad_key.communicate(timeout=120)
+    assert bad_key.returncode == 1, err
     assert err.strip().splitlines()[-1].startswith(f"error: teacher at {server.url}/chat")
     assert "401 Incorrect API key provided" in err and "Traceback" not in err
-    assert len(server.requests) <= 2 and not out.exists()
-    url = f"http://127.0.0.1:{_free_port()}/v1"
-    proc = _launch([*common, f"--config.teacher.base_url={url}", "--config.teacher.max_retries=1"])
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert len(server.requests) <= 2 and not (tmp_path / "key.jsonl").exists()
+    _, err = no_server.communicate(timeout=120)
+    assert no_server.returncode == 1 and "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"error: teacher at {url}") and "ConnectError" in last
-    assert not out.exists()
+    assert not (tmp_path / "url.jsonl").exists()
 
 
 @pytest.mark.slow
