@@ -273,7 +273,7 @@ def llm_label_accuracy(records: list[dict], dataset_name: str) -> float:
 
 def raw_files(data_cfg: Any) -> list[str]:
     """Every raw file `load_splits(data_cfg, ...)` may read (whether it exists or not), so a
-    cache of its records can be keyed on their sizes and modification times."""
+    cache of its records can be keyed on their contents (`builder.file_fingerprint`)."""
     name, llm, _, _ = _validate(data_cfg, 0)
     if name == "generic":
         paths = generic.generic_paths(data_cfg, check=False)

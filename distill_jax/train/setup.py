@@ -19,6 +19,15 @@ from distill_jax.model import config as model_config
 from distill_jax.tokenizer import Tokenizer
 
 TOKENIZER_DIR = "tokenizer"
+# data.* fields read after the records are prepared (tokenisation, packing, where they live).
+TOKENIZATION_FIELDS = (
+    "prepared_dir",
+    "max_input_length",
+    "max_target_length",
+    "pack_input_length",
+    "pack_target_length",
+    "row_bucket",
+)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -59,20 +68,14 @@ def compute_dtype(name: str) -> str:
 
 
 def data_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """What the prepared records depend on: the data config, the seed, and the raw files."""
+    """What the prepared records depend on: the data config, the seed, and the raw files'
+    contents (sha256, `builder.file_fingerprint`): a copied or touched file reuses the
+    prepared data, any edit rebuilds it, even one that keeps the size and mtime."""
     data = config.data.to_dict()
-    for key in ("prepared_dir", "max_input_length", "max_target_length"):
+    for key in TOKENIZATION_FIELDS:
         data.pop(key, None)  # tokenisation-time settings don't change the records
-    data.pop("pack_input_length", None)
-    data.pop("pack_target_length", None)
-    data.pop("row_bucket", None)
-    files = sources.raw_files(config.data)
-    stats = []
-    for path in files:
-        p = pathlib.Path(path)
-        st = p.stat() if p.exists() else None
-        stats.append([str(p), st.st_size if st else -1, st.st_mtime_ns if st else -1])
-    return {"data": data, "seed": config.seed, "files": stats}
+    files = builder.file_fingerprint(sources.raw_files(config.data))
+    return {"data": data, "seed": config.seed, "files": files}
 
 
 def load_records(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
