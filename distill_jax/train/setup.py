@@ -11,8 +11,8 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
-from jax.experimental import multihost_utils
 
+from distill_jax import multihost
 from distill_jax.data import builder, sources
 from distill_jax.errors import UserError
 from distill_jax.model import config as model_config
@@ -99,27 +99,28 @@ def load_tokenizer(config, workdir: pathlib.Path, train_records, pretrained_dir)
     if pretrained_dir is not None:
         return Tokenizer.from_dir(pretrained_dir)
     tok_dir = workdir / TOKENIZER_DIR
-    if (tok_dir / "spiece.model").exists():
-        return Tokenizer.from_dir(tok_dir)
-    if train_records is None:  # eval/predict/export: the vocabulary comes from training
-        raise UserError(
-            f"{tok_dir}: no trained tokenizer (spiece.model) and config field "
-            "model.from_pretrained is empty: train in this --workdir first, or point "
-            "model.from_pretrained at a HF T5 model."
+    # Process 0 looks and every process follows its answer (distill_jax/multihost.py): a
+    # process that looked itself after process 0 had written the file would skip the barrier.
+    if not multihost.process0_says((tok_dir / "spiece.model").exists()):
+        if train_records is None:  # eval/predict/export: the vocabulary comes from training
+            raise UserError(
+                f"{tok_dir}: no trained tokenizer (spiece.model) and config field "
+                "model.from_pretrained is empty: train in this --workdir first, or point "
+                "model.from_pretrained at a HF T5 model."
+            )
+        multihost.on_process0(
+            lambda: _train_tokenizer(train_records, config.model.vocab_size, tok_dir),
+            "training the tokenizer",
         )
-    if jax.process_index() == 0:
-        texts = []
-        for r in train_records:
-            texts += [r["input"], r["label"]] + ([r["rationale"]] if r.get("rationale") else [])
-        logging.info(
-            "training a %d-piece SentencePiece vocabulary on %d texts",
-            config.model.vocab_size,
-            len(texts),
-        )
-        Tokenizer.train(texts, config.model.vocab_size, tok_dir)
-    if jax.process_count() > 1:  # the others read what process 0 wrote (shared workdir)
-        multihost_utils.sync_global_devices("tokenizer trained")
-    return Tokenizer.from_dir(tok_dir)
+    return Tokenizer.from_dir(tok_dir)  # the others read what process 0 wrote (shared workdir)
+
+
+def _train_tokenizer(train_records, vocab_size: int, tok_dir: pathlib.Path) -> None:
+    texts = []
+    for r in train_records:
+        texts += [r["input"], r["label"]] + ([r["rationale"]] if r.get("rationale") else [])
+    logging.info("training a %d-piece SentencePiece vocabulary on %d texts", vocab_size, len(texts))
+    Tokenizer.train(texts, vocab_size, tok_dir)
 
 
 def build_model_config(config, tokenizer: Tokenizer, pretrained_cfg=None):
