@@ -127,10 +127,7 @@ class TrainIterator:
         if not records:
             raise UserError("the training split has no records")
         if batch_size < 1 or grad_steps < 1 or batch_size % grad_steps:
-            raise UserError(
-                f"train.batch_size ({batch_size}) must be a positive multiple of "
-                f"train.grad_steps ({grad_steps})"
-            )
+            raise ValueError(f"{batch_size=} must be a positive multiple of {grad_steps=}")
         if row_multiple < 1 or row_multiple % process_count:
             raise ValueError(f"{row_multiple=} must be a positive multiple of {process_count=}")
         if not 0 <= process_index < process_count:
@@ -159,7 +156,7 @@ class TrainIterator:
                     f"({longest}); raise it, set 0 (automatic) or lower data.{limit}"
                 )
         if row_bucket % row_multiple:
-            raise UserError(f"row_bucket {row_bucket} must be a multiple of {row_multiple}")
+            raise ValueError(f"{row_bucket=} must be a multiple of {row_multiple=}")
         self.spec = packing.choose_pack_spec(
             self._enc_len,
             self._dec_len,

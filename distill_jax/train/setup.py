@@ -30,36 +30,6 @@ TOKENIZATION_FIELDS = (
 )
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Rejects impossible settings up front with the offending field named."""
-    t = config.train
-    if not 0.0 <= t.alpha <= 1.0:
-        raise UserError(f"config field train.alpha={t.alpha}: must lie in [0, 1].")
-    if t.model_type not in ("task_prefix", "standard"):
-        raise UserError(
-            f"config field train.model_type={t.model_type!r}: use 'task_prefix' or 'standard'."
-        )
-    for field in ("batch_size", "grad_steps", "max_steps", "eval_steps", "log_every"):
-        if int(t[field]) <= 0:
-            raise UserError(f"config field train.{field}={t[field]}: must be positive.")
-    if t.batch_size % t.grad_steps:
-        raise UserError(
-            f"config fields train.batch_size={t.batch_size} and train.grad_steps={t.grad_steps}:"
-            " the batch must split evenly into micro-batches."
-        )
-    if config.data.label_type not in ("gt", "llm"):
-        raise UserError(f"config field data.label_type={config.data.label_type!r}: 'gt' or 'llm'.")
-    if not 0.0 < config.data.subsample <= 1.0:
-        raise UserError(f"config field data.subsample={config.data.subsample}: must be in (0, 1].")
-    if config.dtype not in ("auto", "float32", "bfloat16"):
-        raise UserError(f"config field dtype={config.dtype!r}: 'auto', 'float32' or 'bfloat16'.")
-    if config.data.name not in sources.SUPPORTED:
-        raise UserError(
-            f"config field data.name={config.data.name!r}: unknown dataset; supported: "
-            f"{', '.join(sorted(sources.SUPPORTED))}."
-        )
-
-
 def compute_dtype(name: str) -> str:
     """'auto' means bf16 compute on GPU/TPU and float32 on CPU."""
     if name != "auto":
