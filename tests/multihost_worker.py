@@ -7,8 +7,10 @@ Scenarios (each ends with a barrier both processes must reach, then prints `ok .
   tokenizer-late  process 1 enters `setup.load_tokenizer` only once process 0 has written
                   spiece.model or is waiting in a collective (the interleaving that crashed
                   with `sync_global_devices name mismatch`);
-  prepare         both prepare the records of one shared workdir at once; every call of
-                  `sources.load_splits` leaves a file `calls/<process>-<n>` behind;
+  prepare         both prepare the records of one shared workdir at once and tokenize
+                  them with TMP_DIR/tok; every call of `sources.load_splits` leaves a file
+                  `calls/<process>-<n>` behind, every call of `features.tokenize_pairs` a
+                  file `calls/tokenize<process>-<n>`;
   bad-records     the same with a malformed train file: both must fail, neither may hang.
 """
 
@@ -31,8 +33,9 @@ def main(scenario: str, port: int, pid: int, tmp: pathlib.Path) -> None:
     jax.devices()  # start the backend now: that waits for the other process, as launch.py does
     from jax.experimental import multihost_utils
 
-    from distill_jax.data import sources
+    from distill_jax.data import features, sources, token_cache
     from distill_jax.errors import UserError
+    from distill_jax.tokenizer import Tokenizer
     from distill_jax.train import setup
     from tests import fixtures
     from tests import launch_util as lu
@@ -67,8 +70,21 @@ def main(scenario: str, port: int, pid: int, tmp: pathlib.Path) -> None:
             return original_load(*args, **kwargs)
 
         sources.load_splits = counted
+        original_tokenize = features.tokenize_pairs
+
+        def counted_tokenize(*args, **kwargs):
+            (tmp / "calls" / f"tokenize{pid}-{time.time_ns()}").touch()
+            return original_tokenize(*args, **kwargs)
+
+        features.tokenize_pairs = counted_tokenize
         try:
-            result = len(setup.load_records(config, workdir)["train"])
+            train = setup.load_records(config, workdir)["train"]
+            tokenizer = Tokenizer.from_dir(tmp / "tok")
+            pairs = token_cache.tokenize_pairs_cached(
+                train, tokenizer, model_type="task_prefix", max_input_length=32,
+                max_target_length=16,
+            )  # fmt: skip
+            result = f"{len(train)} {int(pairs.encoder.tokens.sum())}"
         except UserError as e:
             result = f"UserError: {e}"
     multihost_utils.sync_global_devices("scenario done")

@@ -10,6 +10,7 @@ import sys
 import portpicker
 import pytest
 
+from distill_jax.tokenizer import Tokenizer
 from tests import fixtures
 from tests import launch_util as lu
 
@@ -52,12 +53,14 @@ def test_tokenizer_trained_by_process_0_while_process_1_arrives_late(tmp_path):
     assert outs[0] == outs[1] and outs[0].startswith("ok ")
 
 
-def test_records_are_prepared_once_by_process_0(tmp_path):
+def test_records_are_prepared_and_tokenized_once_by_process_0(tmp_path):
     fixtures.write_generic_fixture(tmp_path / "data")
+    records = fixtures.generic_records(24)
+    Tokenizer.train([r[k] for r in records for k in ("input", "rationale")], 200, tmp_path / "tok")
     outs = run_job("prepare", tmp_path)
-    assert outs[0] == outs[1] == "ok 24"
+    assert outs[0] == outs[1] and outs[0].startswith("ok 24 ")
     calls = sorted(p.name.split("-")[0] for p in (tmp_path / "calls").iterdir())
-    assert calls == ["0"]  # process 1 read what process 0 wrote
+    assert calls == ["0", "tokenize0"]  # process 1 read what process 0 wrote
 
 
 def test_bad_records_fail_on_both_processes_without_hanging(tmp_path):

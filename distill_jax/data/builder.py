@@ -7,11 +7,13 @@ sequences read back through `tfds`'s data sources. TensorFlow is not needed: TFD
 reads ArrayRecord files with `array_record` alone (checked with tensorflow-datasets 4.9.10).
 
 Layout: `<out_dir>/distill_records/<name>_<hash>/<PROCESSING_VERSION>/`
-(`dataset_info.json`, `features.json`, `distill_records-<split>.array_record-*`). `<hash>` is a
-digest of `fingerprint` (e.g. the data config and `file_fingerprint(raw files)`) and
-`PROCESSING_VERSION`, so changed raw files, changed options or changed processing give a new
-directory and a rebuild; an unchanged fingerprint reuses the prepared files without calling
-`records_fn`. Old directories are left in place (another run may still use them).
+(`dataset_info.json`, `features.json`, `distill_records-<split>.array_record-*`), and
+`<out_dir>/tokens/<name>_<hash>/` for the token ids derived from them (`token_cache.py`).
+`<hash>` is a digest of `fingerprint` (e.g. the data config and `file_fingerprint(raw
+files)`) and `PROCESSING_VERSION`, so changed raw files, changed options or changed
+processing give a new directory and a rebuild; an unchanged fingerprint reuses the prepared
+files without calling `records_fn`. Old directories are left in place (another run may still
+use them).
 
 Each example stores its record as one JSON text feature, so optional fields (`llm_label`) round
 trip exactly. Example order is kept (`disable_shuffling`): split index i is record i.
@@ -54,9 +56,10 @@ class RecordSource(Sequence):
     batch of records at once.
     """
 
-    def __init__(self, data_source: Any, split: str):
+    def __init__(self, data_source: Any, split: str, cache_dir: Path | None = None):
         self._source = data_source  # tfds ArrayRecordDataSource (None for an empty split)
         self.split = split
+        self.cache_dir = cache_dir  # where derived data (token ids, token_cache.py) is kept
 
     def __len__(self) -> int:
         return 0 if self._source is None else len(self._source)
@@ -271,6 +274,8 @@ def prepare(
         )
     sources = builder.as_data_source()
     sizes = builder.info.metadata["split_sizes"]
+    cache_dir = out_dir / "tokens" / config.name
     return {
-        split: RecordSource(sources.get(split) if n else None, split) for split, n in sizes.items()
+        split: RecordSource(sources.get(split) if n else None, split, cache_dir)
+        for split, n in sizes.items()
     }
