@@ -5,12 +5,12 @@ Usage: python launch.py --config=configs/svamp.py[:<preset>[,scratch][,runlocal]
 
 import ml_collections
 
-from configs import base
+from distill_jax.config_defaults import dataset_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The reference's setup for svamp: fine-tune google/t5-v1_1-base on PaLM rationales."""
-    c = base.get_base_config()
-    c.data.name = "svamp"
-    c.data.llm = "palm"  # 'palm' or 'gpt' (GPT-NeoX rationales)
-    return base.apply_arg(c, arg)
+    """The reference's setup for svamp: fine-tune google/t5-v1_1-base on PaLM rationales.
+
+    The fields are set in distill_jax/config_defaults.py.
+    """
+    return dataset_config("svamp", arg)

@@ -11,15 +11,12 @@ step sees batch_size * grad_steps examples (`train.batch_size` in our config).
 from __future__ import annotations
 
 import argparse
-import importlib
 import pathlib
 import sys
 
 import ml_collections
 
-from configs.base import HUB_IDS
-
-DATASETS = ("cqa", "esnli", "anli1", "svamp", "asdiv", "generic")
+from distill_jax.config_defaults import DATASETS, HUB_IDS, dataset_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +64,7 @@ def llm_of(args: argparse.Namespace) -> str:
 
 def config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
     """Maps the reference's flags onto our config."""
-    c = importlib.import_module(f"configs.{args.dataset}").get_config()
+    c = dataset_config(args.dataset)
     c.seed = args.run
     c.dtype = "bfloat16" if args.bf16 else "float32"  # the reference trains in fp32 by default
     c.data.subsample = args.subsample

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from distill_jax import sharding
+from distill_jax import config_check, sharding
 from distill_jax.errors import UserError
 from distill_jax.model import hf_io
 from distill_jax.train import checkpoint, evaluate, logger, model_setup, setup
@@ -18,7 +18,7 @@ from distill_jax.train.state import make_optimizer
 
 def run_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, int]:
     """Writes the final records of every split to <workdir>/data/<split>.jsonl; returns counts."""
-    setup.validate_config(config)
+    config_check.validate(config)
     splits = setup.load_records(config, workdir)
     counts = {}
     out_dir = workdir / "data"
@@ -31,7 +31,7 @@ def run_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[s
 
 def load_params(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     """(ModelSetup, params): the workdir's latest checkpoint, else `model.from_pretrained`."""
-    setup.validate_config(config)
+    config_check.validate(config)
     tx = make_optimizer(config.train)
     ms = model_setup.build(config, workdir, None, tx)
     ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False)

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from configs import cqa
-from distill_jax import metrics, modes
+from distill_jax import config_check, metrics, modes
 from distill_jax.data import pipeline
 from distill_jax.errors import UserError
 from distill_jax.tokenizer import Tokenizer
-from distill_jax.train import loop, setup
+from distill_jax.train import loop
 from tests import fixtures
 from tests import launch_util as lu
 
@@ -210,7 +210,7 @@ def test_batch_not_divisible_by_devices_is_legitimate(tmp_path):
     all 6 examples, so this is no error (only batch % processes and % grad_steps are)."""
     records = fixtures.generic_records(24)
     config = lu.tiny_config(tmp_path, train__batch_size=6)
-    setup.validate_config(config)
+    config_check.validate(config)
     texts = [r[k] for r in records for k in ("input", "label", "rationale")]
     tokenizer = Tokenizer.train(texts, 300, tmp_path / "tok")
     batches = pipeline.TrainIterator(
@@ -245,6 +245,45 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path_factory, tmp_path
     assert "checkpoint step 6" in message and "different model config" in message, message
     steps = sorted(p.name for p in (workdir / "checkpoints" / "latest").iterdir())
     assert steps == ["4", "6"]  # nothing set aside: no step restores, so none is "incomplete"
+
+
+# ---- a mesh that does not fit the model's dimensions ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mesh, model, expected",
+    [  # 4 devices; the small preset has 6 heads, the tiny one 4
+        ({"data": 1, "tensor": 4}, {"preset": "t5-v1_1-small"}, ["mesh.tensor=4", "num_heads = 6"]),
+        ({"data": 1, "fsdp": 4}, {"d_model": 130}, ["mesh.fsdp=4", "d_model = 130"]),
+        ({"data": 2, "tensor": 2}, {"d_ff": 255}, ["mesh.tensor=2", "d_ff = 255"]),
+    ],
+)
+def test_mesh_must_divide_the_sharded_model_dims(tmp_path, mesh, model, expected):
+    import dataclasses
+
+    from distill_jax.model.config import get_preset
+
+    config = lu.tiny_config(tmp_path, **{f"mesh__{k}": v for k, v in mesh.items()})
+    config_check.validate(config)  # the mesh fits the devices
+    preset = model.pop("preset", "t5-v1_1-tiny")
+    model_cfg = dataclasses.replace(get_preset(preset), **model)
+    with pytest.raises(UserError) as err:
+        config_check.validate_model(config, model_cfg)
+    for part in expected:
+        assert part in str(err.value), str(err.value)
+    config_check.validate_model(config, get_preset("t5-v1_1-tiny"))  # 4 heads: fine
+
+
+@pytest.mark.slow
+def test_tensor_axis_of_3_on_a_4_head_model_is_one_line(tmp_path):
+    """The issue's case: --config.mesh.tensor=3 with 4 heads on 3 devices (was a traceback)."""
+    data_dir = fixtures.write_generic_fixture(tmp_path / "data")
+    args = [*lu.tiny_flags(data_dir, tmp_path / "work"), "--config.mesh.data=1"]
+    result = lu.run_launch([*args, "--config.mesh.tensor=3"], devices=3)
+    assert result.returncode == 1, result.describe()
+    assert "Traceback" not in result.stderr, result.describe()
+    for part in ["error: config field mesh.tensor=3", "num_heads = 4", "divisible by 3"]:
+        assert part in result.stderr, result.describe()
 
 
 # ---- the real command line: exit status 1, one `error:` line, no traceback ------------------

@@ -100,3 +100,23 @@ def test_bad_records_and_names_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="dataset name"):
         builder.prepare(lambda: splits(), {}, tmp_path, name="bad/name")
     assert leftovers(tmp_path) == []
+
+
+def test_trainer_keys_prepared_data_on_content_not_mtime(tmp_path):
+    """An edit that keeps a raw file's size and mtime still gives a new prepared dir."""
+    from distill_jax.train import setup
+    from tests import fixtures
+    from tests import launch_util as lu
+
+    data_dir = fixtures.write_generic_fixture(tmp_path / "data")
+    config = lu.tiny_config(data_dir)
+    first = setup.load_records(config, tmp_path / "work")["test"][0]["input"]
+    path = data_dir / "generic" / "generic_test.json"
+    st = path.stat()
+    text = path.read_text()
+    path.write_text(text.replace(first, first[::-1], 1))  # same length, other content
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    second = setup.load_records(config, tmp_path / "work")["test"][0]["input"]
+    assert second == first[::-1] != first
+    assert len(list((tmp_path / "work" / "prepared").iterdir())) == 2

@@ -43,6 +43,31 @@ def test_distillm_maps_the_reference_flags():
     assert str(distillm.default_output_dir(args)).startswith("ckpts/svamp/flan-t5-small/standard")
 
 
+def test_package_needs_no_top_level_configs_module(tmp_path):
+    """The wheel holds only distill_jax (a top-level `configs` would shadow a user's own), and
+    `distillm` builds its configs without the repository's configs/ directory."""
+    import tomllib
+
+    import setuptools
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    packages = setuptools.find_packages(str(ROOT), include=find["find"]["include"])
+    assert "distill_jax" in packages and not [p for p in packages if p.startswith("configs")]
+    code = (  # importing `configs` fails in this process, as on a user's machine
+        "import sys; sys.modules['configs'] = None\n"
+        "from distill_jax import distillm\n"
+        "args = distillm.build_parser().parse_args(['--dataset', 'generic'])\n"
+        "c = distillm.config_from_args(args)\n"
+        "print(c.data.name, c.model.preset)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["generic", "t5-v1_1-base"]
+
+
 def test_config_arg_picks_a_preset():
     c = cqa.get_config("t5-v1_1-small")
     assert c.model.preset == "t5-v1_1-small"
@@ -68,13 +93,15 @@ def test_mode_data_on_reference_fixtures(tmp_path):
 
 
 def test_launch_mode_data_command_line(tmp_path):
-    """The real command on the generic fixtures: counts printed, files written, exit 0."""
+    """The real command on the generic fixtures: counts printed, files written, exit 0; run
+    from another directory, with no PYTHONPATH, the config file given by its path."""
     data_dir = fixtures.write_generic_fixture(tmp_path / "datasets", fmt="concat")
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "launch.py"), "--config=configs/generic.py", "--mode=data",
-         f"--config.data.dir={data_dir}", f"--workdir={tmp_path / 'wd'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, str(ROOT / "launch.py"), f"--config={ROOT}/configs/generic.py",
+         "--mode=data", f"--config.data.dir={data_dir}", f"--workdir={tmp_path / 'wd'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "train: 24 records" in proc.stdout

@@ -151,7 +151,7 @@ def test_micro_batches_split_the_step():
     micro = collections.Counter(m for m, *_ in unpack(batch))
     assert set(micro) <= set(range(4)) and sum(micro.values()) == 32
     assert batch["encoder_segment_ids"].shape[:2] == (4, batch["encoder_segment_ids"].shape[1])
-    with pytest.raises(UserError, match="multiple of train.grad_steps"):
+    with pytest.raises(ValueError, match="multiple of grad_steps"):  # config_check's job
         make_iter(make_records(10), batch_size=6, grad_steps=4)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
+from distill_jax import config_check
 from distill_jax.data import generic, parsers, sources
 from distill_jax.errors import UserError
 from tests import fixtures
@@ -30,6 +31,11 @@ def cfg(root: Path, name: str, llm: str | None = "palm", **kw) -> ml_collections
             valid_file="",
             test_file="",
             skip_bad_records=False,
+            max_input_length=1024,
+            max_target_length=256,
+            pack_input_length=0,
+            pack_target_length=0,
+            row_bucket=0,
         )
     )
     c.update(kw)
@@ -136,7 +142,7 @@ def test_subsample(ref_root):
     assert train_of(3) == [inputs[i] for i in (4, 7, 5, 3, 8)]
     assert len(train_of(3, 0.34)) == 3  # ceil(0.66 * 10) = 7 held out
     with pytest.raises(UserError, match="subsample"):
-        train_of(0, 0.0)
+        config_check.check_data(cfg(ref_root, "esnli", subsample=0.0), 0)
 
 
 def test_label_type_llm(ref_root, caplog):
@@ -151,7 +157,7 @@ def test_label_type_llm(ref_root, caplog):
     assert llm["valid"] == gt["valid"] and llm["test"] == gt["test"]  # gt labels kept there
     assert "LLM Train Acc" in caplog.text and "LLM Test Acc" in caplog.text
     with pytest.raises(UserError, match="label_type"):
-        sources.load_splits(cfg(ref_root, "generic", None, label_type="llm"), 0)
+        config_check.check_data(cfg(ref_root, "generic", None, label_type="llm"), 0)
 
 
 def test_llm_label_accuracy(ref_root):
@@ -295,9 +301,9 @@ def test_missing_llm_file_and_count_mismatch(tmp_path):
         ("generic", "palm", "not valid for generic"),
     ],
 )
-def test_bad_names(ref_root, name, llm, match):
+def test_bad_names(name, llm, match):
     with pytest.raises(UserError, match=match):
-        sources.load_splits(cfg(ref_root, name, llm), 0)
+        config_check.check_data(cfg(Path("datasets"), name, llm), 0)
 
 
 @pytest.mark.parametrize(

@@ -7,19 +7,22 @@ sequences read back through `tfds`'s data sources. TensorFlow is not needed: TFD
 reads ArrayRecord files with `array_record` alone (checked with tensorflow-datasets 4.9.10).
 
 Layout: `<out_dir>/distill_records/<name>_<hash>/<PROCESSING_VERSION>/`
-(`dataset_info.json`, `features.json`, `distill_records-<split>.array_record-*`). `<hash>` is a
-digest of `fingerprint` (e.g. the data config and `file_fingerprint(raw files)`) and
-`PROCESSING_VERSION`, so changed raw files, changed options or changed processing give a new
-directory and a rebuild; an unchanged fingerprint reuses the prepared files without calling
-`records_fn`. Old directories are left in place (another run may still use them).
+(`dataset_info.json`, `features.json`, `distill_records-<split>.array_record-*`), and
+`<out_dir>/tokens/<name>_<hash>/` for the token ids derived from them (`token_cache.py`).
+`<hash>` is a digest of `fingerprint` (e.g. the data config and `file_fingerprint(raw
+files)`) and `PROCESSING_VERSION`, so changed raw files, changed options or changed
+processing give a new directory and a rebuild; an unchanged fingerprint reuses the prepared
+files without calling `records_fn`. Old directories are left in place (another run may still
+use them).
 
 Each example stores its record as one JSON text feature, so optional fields (`llm_label`) round
 trip exactly. Example order is kept (`disable_shuffling`): split index i is record i.
 
 Atomic: TFDS generates into `incomplete.*` next to the final directory and renames it when
-complete; if `records_fn` or writing fails the temporary directory is removed. On a shared
-file system several processes may race to prepare: the loser's rename fails, and it reads the
-winner's files (same fingerprint, same content).
+complete; if `records_fn` or writing fails the temporary directory is removed. In a multi-host
+job process 0 alone checks and prepares, and the others wait for it and read its files (the
+data dir must be on a shared file system). Separate jobs sharing a data dir may still race:
+the loser's rename fails, and it reads the winner's files (same fingerprint, same content).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from distill_jax import multihost
 from distill_jax.errors import UserError
 
 # Bump when the way records are produced or stored changes: every dataset is then rebuilt.
@@ -52,9 +56,10 @@ class RecordSource(Sequence):
     batch of records at once.
     """
 
-    def __init__(self, data_source: Any, split: str):
+    def __init__(self, data_source: Any, split: str, cache_dir: Path | None = None):
         self._source = data_source  # tfds ArrayRecordDataSource (None for an empty split)
         self.split = split
+        self.cache_dir = cache_dir  # where derived data (token ids, token_cache.py) is kept
 
     def __len__(self) -> int:
         return 0 if self._source is None else len(self._source)
@@ -199,6 +204,11 @@ def _quiet_absl() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _is_prepared(path: Path) -> bool:
+    """Whether `prepared_path(...)` holds finished data (TFDS renames it into place last)."""
+    return (path / "dataset_info.json").is_file()
+
+
 def _make_builder(config: tfds.core.BuilderConfig, out_dir: Path) -> tuple[DistillRecords, bool]:
     """The builder for `config` and whether its data is already prepared."""
     with _quiet_absl():
@@ -234,23 +244,38 @@ def prepare(
         description=json.dumps(fingerprint, sort_keys=True, default=str)[:2000],
     )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    builder, prepared = _make_builder(config, out_dir)
-    if prepared:
-        logging.info("Reusing prepared records in %s", builder.data_dir)
-    else:
+
+    def build() -> None:  # on process 0 only
+        out_dir.mkdir(parents=True, exist_ok=True)
+        builder, prepared = _make_builder(config, out_dir)
+        if prepared:
+            return
         builder.records_fn = records_fn
         try:
             builder.download_and_prepare()
         except OSError:
-            # A concurrent process (shared file system) may have renamed its copy first.
-            builder, prepared = _make_builder(config, out_dir)
-            if not prepared:
+            # Another job sharing the data dir may have renamed its copy first.
+            if not _make_builder(config, out_dir)[1]:
                 raise
         finally:
             builder.records_fn = None  # don't keep the raw records alive
+
+    # Process 0 looks, prepares if needed, and the others wait for it (multihost.py).
+    where = prepared_path(out_dir, name, fingerprint)
+    if multihost.process0_says(_is_prepared(where)):
+        logging.info("Reusing prepared records in %s", where)
+    else:
+        multihost.on_process0(build, f"preparing the records in {out_dir}")
+    builder, prepared = _make_builder(config, out_dir)
+    if not prepared:  # process 0 wrote them where this process cannot see them
+        raise UserError(
+            f"{where}: the records process 0 prepared are not visible here; "
+            "data.prepared_dir (or the workdir) must be on a file system all processes share."
+        )
     sources = builder.as_data_source()
     sizes = builder.info.metadata["split_sizes"]
+    cache_dir = out_dir / "tokens" / config.name
     return {
-        split: RecordSource(sources.get(split) if n else None, split) for split, n in sizes.items()
+        split: RecordSource(sources.get(split) if n else None, split, cache_dir)
+        for split, n in sizes.items()
     }

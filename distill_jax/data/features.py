@@ -53,7 +53,7 @@ def encode_truncated(
 ) -> Sequences:
     """Tokenize texts; keep at most max_length - 1 tokens and append EOS (HF T5 truncation)."""
     if max_length < 1:
-        raise UserError(f"max length for {desc} must be >= 1, got {max_length}")
+        raise ValueError(f"max length for {desc} must be >= 1, got {max_length}")
     eos = tokenizer.eos_id
     lengths = np.zeros(len(texts), np.int64)
     chunks = []
@@ -110,7 +110,7 @@ def tokenize_pairs(
 ) -> TokenizedPairs:
     """Tokenize records into the model's (encoder, decoder) pairs (see module docstring)."""
     if model_type not in MODEL_TYPES:
-        raise UserError(f"train.model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     inputs = text_field(records, "input")
     labels = text_field(records, label_key)
     if model_type == "standard":

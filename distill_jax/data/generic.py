@@ -101,8 +101,8 @@ def generic_paths(data_cfg: Any, check: bool = True) -> dict[str, Path | None]:
     (so custom data is never mixed with the default location's); None means: split 10% off.
     With `check`, a missing file is a UserError naming it.
     """
-    default_dir = Path(getattr(data_cfg, "dir", "datasets") or "datasets") / "generic"
-    custom = {s: getattr(data_cfg, f"{s}_file", "") or "" for s in ("train", "valid", "test")}
+    default_dir = Path(data_cfg.dir) / "generic"
+    custom = {s: getattr(data_cfg, f"{s}_file") for s in ("train", "valid", "test")}
     paths: dict[str, Path | None] = {}
     for split in ("train", "test"):
         paths[split] = (

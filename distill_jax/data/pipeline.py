@@ -1,7 +1,8 @@
 """Input pipeline: tokenize once, prefix, truncate, pack train batches; bucketed eval batches.
 
 Train (`TrainIterator`): records become (encoder, decoder) token pairs (`features.py`:
-task prefixes, truncation, EOS). Examples are shuffled per epoch by a grain
+task prefixes, truncation, EOS; cached next to prepared records by `token_cache.py`).
+Examples are shuffled per epoch by a grain
 `MapDataset.range(n).shuffle(seed).repeat().batch(batch_size)` (a new permutation each
 epoch), so step s's examples are a pure function of (seed, s); batches are built in a grain
 prefetch thread. All pairs of a step's `batch_size` examples are packed together
@@ -48,7 +49,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from distill_jax.data import packing
+from distill_jax.data import packing, token_cache
 from distill_jax.data.eval_data import EvalSet, bucket_length, eval_batches
 from distill_jax.data.features import Sequences, TokenizedPairs, TokenizerLike, tokenize_pairs
 from distill_jax.errors import UserError
@@ -127,15 +128,12 @@ class TrainIterator:
         if not records:
             raise UserError("the training split has no records")
         if batch_size < 1 or grad_steps < 1 or batch_size % grad_steps:
-            raise UserError(
-                f"train.batch_size ({batch_size}) must be a positive multiple of "
-                f"train.grad_steps ({grad_steps})"
-            )
+            raise ValueError(f"{batch_size=} must be a positive multiple of {grad_steps=}")
         if row_multiple < 1 or row_multiple % process_count:
             raise ValueError(f"{row_multiple=} must be a positive multiple of {process_count=}")
         if not 0 <= process_index < process_count:
             raise ValueError(f"{process_index=} out of range for {process_count=}")
-        self.pairs = tokenize_pairs(
+        self.pairs = token_cache.tokenize_pairs_cached(
             records,
             tokenizer,
             model_type=model_type,
@@ -159,7 +157,7 @@ class TrainIterator:
                     f"({longest}); raise it, set 0 (automatic) or lower data.{limit}"
                 )
         if row_bucket % row_multiple:
-            raise UserError(f"row_bucket {row_bucket} must be a multiple of {row_multiple}")
+            raise ValueError(f"{row_bucket=} must be a multiple of {row_multiple=}")
         self.spec = packing.choose_pack_spec(
             self._enc_len,
             self._dec_len,

@@ -220,12 +220,7 @@ def _load_part(data_dir: Path, name: str, split: str, llm: str) -> list[dict]:
 
 
 def _load_reference(data_cfg: Any, name: str, llm: str) -> dict[str, list[dict]]:
-    data_dir = Path(getattr(data_cfg, "dir", "datasets") or "datasets")
-    if llm not in SPECS[name].llms:
-        raise UserError(
-            f"data.llm={llm!r} is not available for {name}: the reference has "
-            f"outputs of {' and '.join(SPECS[name].llms)} for it"
-        )
+    data_dir = Path(data_cfg.dir)
     if name == "asdiv":  # the reference's SVAMP augmentation: train = SVAMP + ASDiv, test SVAMP
         return {
             "train": _load_part(data_dir, "svamp", "train", llm)
@@ -237,7 +232,7 @@ def _load_reference(data_cfg: Any, name: str, llm: str) -> dict[str, list[dict]]
 
 
 def _load_generic(data_cfg: Any, llm: str | None) -> dict[str, list[dict]]:
-    skip = bool(getattr(data_cfg, "skip_bad_records", False))
+    skip = bool(data_cfg.skip_bad_records)
     splits = {}
     for split, path in generic.generic_paths(data_cfg).items():
         if path is not None:
@@ -286,15 +281,15 @@ def llm_label_accuracy(records: list[dict], dataset_name: str) -> float:
 
 def raw_files(data_cfg: Any) -> list[str]:
     """Every raw file `load_splits(data_cfg, ...)` may read (whether it exists or not), so a
-    cache of its records can be keyed on their sizes and modification times."""
-    name, llm, _, _ = _validate(data_cfg, 0)
+    cache of its records can be keyed on their contents (`builder.file_fingerprint`)."""
+    name, llm = data_cfg.name, teacher(data_cfg)
     if name == "generic":
         paths = generic.generic_paths(data_cfg, check=False)
-        gen_dir = Path(getattr(data_cfg, "dir", "datasets") or "datasets") / "generic"
+        gen_dir = Path(data_cfg.dir) / "generic"
         out = [p for p in paths.values() if p is not None]
         out.append(gen_dir / "generic_valid.json")  # if it appears, the splits change
         return sorted({str(p) for p in out})
-    data_dir = Path(getattr(data_cfg, "dir", "datasets") or "datasets")
+    data_dir = Path(data_cfg.dir)
     parts = (
         [("svamp", "train"), ("asdiv", "train"), ("svamp", "test")]
         if name == "asdiv"
@@ -315,31 +310,9 @@ def raw_files(data_cfg: Any) -> list[str]:
     return sorted({str(p) for p in out})
 
 
-def _validate(data_cfg: Any, seed: int) -> tuple[str, str | None, str, float]:
-    name = getattr(data_cfg, "name", None)
-    if name not in SUPPORTED:
-        raise UserError(
-            f"data.name={name!r} is not supported; use one of {', '.join(sorted(SUPPORTED))}"
-        )
-    llm = getattr(data_cfg, "llm", None)
-    if llm in ("", "none", "None"):
-        llm = None
-    allowed = ("generic", None) if name == "generic" else ("palm", "gpt")
-    if llm not in allowed:
-        raise UserError(
-            f"data.llm={llm!r} is not valid for {name}; use one of {', '.join(map(repr, allowed))}"
-        )
-    label_type = getattr(data_cfg, "label_type", "gt")
-    if label_type not in ("gt", "llm"):
-        raise UserError(f"data.label_type={label_type!r}; use 'gt' or 'llm'")
-    if label_type == "llm" and llm is None:
-        raise UserError("data.label_type='llm' needs the LLM's labels: set data.llm")
-    subsample = float(getattr(data_cfg, "subsample", 1.0))
-    if not 0.0 < subsample <= 1.0:
-        raise UserError(f"data.subsample={subsample} must be in (0, 1]")
-    if int(seed) < 0:
-        raise UserError(f"seed={seed} must be >= 0")
-    return name, llm, label_type, subsample
+def teacher(data_cfg: Any) -> str | None:
+    """`data.llm`, with '' / 'none' read as None (no teacher)."""
+    return None if data_cfg.llm in ("", "none", "None") else data_cfg.llm
 
 
 def load_splits(data_cfg: Any, seed: int) -> dict[str, list[dict]]:
@@ -351,7 +324,8 @@ def load_splits(data_cfg: Any, seed: int) -> dict[str, list[dict]]:
     teacher's outputs; the rationale is the teacher's). `generic` takes 'generic' (the file's
     label is also `llm_label`) or None (no `llm_label`); its rationale is the file's.
     """
-    name, llm, label_type, subsample = _validate(data_cfg, seed)
+    # The fields are checked by distill_jax/config_check.py.
+    name, llm, subsample = data_cfg.name, teacher(data_cfg), float(data_cfg.subsample)
     if name == "generic":
         splits = _load_generic(data_cfg, llm)
     else:
@@ -368,7 +342,7 @@ def load_splits(data_cfg: Any, seed: int) -> dict[str, list[dict]]:
             f"the training split of {name} is empty after data.subsample={subsample} and the "
             "10% validation split: use more training examples (or set data.valid_file)"
         )
-    if label_type == "llm":
+    if data_cfg.label_type == "llm":
         for split in ("train", "test"):
             acc = llm_label_accuracy(splits[split], name)
             logging.info("LLM %s Acc: %.4f", split.capitalize(), acc)

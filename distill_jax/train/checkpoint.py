@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from distill_jax import multihost
 from distill_jax.errors import UserError
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step still being written
@@ -123,11 +124,9 @@ class Checkpoints:
 
     def _set_aside(self, step: int) -> None:
         """Renames a bad step directory out of Orbax's view (process 0; shared file system)."""
-        if jax.process_index() == 0:
-            path = pathlib.Path(self.latest.directory) / str(step)
-            path.rename(path.with_name(f"{step}.incomplete-{int(time.time())}"))
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"set aside checkpoint step {step}")
+        path = pathlib.Path(self.latest.directory) / str(step)
+        aside = path.with_name(f"{step}.incomplete-{int(time.time())}")
+        multihost.on_process0(lambda: path.rename(aside), f"renaming {path} aside")
 
     def best_accuracy(self) -> float | None:
         """Validation accuracy of the best checkpoint, if one exists."""

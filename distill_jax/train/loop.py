@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from distill_jax import sharding
+from distill_jax import config_check, sharding
 from distill_jax.data import packing, pipeline, sources
 from distill_jax.errors import UserError
 from distill_jax.train import checkpoint, evaluate, logger, model_setup, perf, setup
@@ -114,7 +114,7 @@ def train_and_evaluate(
     """
     t_start = time.time()
     workdir = pathlib.Path(workdir)
-    setup.validate_config(config)
+    config_check.validate(config)
     workdir.mkdir(parents=True, exist_ok=True)
     write_config(config, workdir)
     splits = setup.load_records(config, workdir)

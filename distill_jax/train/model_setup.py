@@ -13,7 +13,7 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from distill_jax import sharding
+from distill_jax import config_check, sharding
 from distill_jax.model import hf_io
 from distill_jax.model.config import T5Config
 from distill_jax.model.t5 import T5
@@ -60,13 +60,9 @@ def build(
         )
     tokenizer = setup.load_tokenizer(config, workdir, train_records, pretrained_dir)
     model_cfg = setup.build_model_config(config, tokenizer, pretrained_cfg)
+    config_check.validate_model(config, model_cfg)  # the mesh against the model's dims
     model = T5(model_cfg)
     mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    if config.train.batch_size % jax.process_count():
-        raise setup.UserError(
-            f"config field train.batch_size={config.train.batch_size}: must divide evenly over "
-            f"{jax.process_count()} processes."
-        )
 
     def init_params_fn(rng):
         tokens = jnp.ones((1, 8), jnp.int32)

@@ -11,44 +11,23 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
-from jax.experimental import multihost_utils
 
+from distill_jax import multihost
 from distill_jax.data import builder, sources
 from distill_jax.errors import UserError
 from distill_jax.model import config as model_config
 from distill_jax.tokenizer import Tokenizer
 
 TOKENIZER_DIR = "tokenizer"
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Rejects impossible settings up front with the offending field named."""
-    t = config.train
-    if not 0.0 <= t.alpha <= 1.0:
-        raise UserError(f"config field train.alpha={t.alpha}: must lie in [0, 1].")
-    if t.model_type not in ("task_prefix", "standard"):
-        raise UserError(
-            f"config field train.model_type={t.model_type!r}: use 'task_prefix' or 'standard'."
-        )
-    for field in ("batch_size", "grad_steps", "max_steps", "eval_steps", "log_every"):
-        if int(t[field]) <= 0:
-            raise UserError(f"config field train.{field}={t[field]}: must be positive.")
-    if t.batch_size % t.grad_steps:
-        raise UserError(
-            f"config fields train.batch_size={t.batch_size} and train.grad_steps={t.grad_steps}:"
-            " the batch must split evenly into micro-batches."
-        )
-    if config.data.label_type not in ("gt", "llm"):
-        raise UserError(f"config field data.label_type={config.data.label_type!r}: 'gt' or 'llm'.")
-    if not 0.0 < config.data.subsample <= 1.0:
-        raise UserError(f"config field data.subsample={config.data.subsample}: must be in (0, 1].")
-    if config.dtype not in ("auto", "float32", "bfloat16"):
-        raise UserError(f"config field dtype={config.dtype!r}: 'auto', 'float32' or 'bfloat16'.")
-    if config.data.name not in sources.SUPPORTED:
-        raise UserError(
-            f"config field data.name={config.data.name!r}: unknown dataset; supported: "
-            f"{', '.join(sorted(sources.SUPPORTED))}."
-        )
+# data.* fields read after the records are prepared (tokenisation, packing, where they live).
+TOKENIZATION_FIELDS = (
+    "prepared_dir",
+    "max_input_length",
+    "max_target_length",
+    "pack_input_length",
+    "pack_target_length",
+    "row_bucket",
+)
 
 
 def compute_dtype(name: str) -> str:
@@ -59,20 +38,14 @@ def compute_dtype(name: str) -> str:
 
 
 def data_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """What the prepared records depend on: the data config, the seed, and the raw files."""
+    """What the prepared records depend on: the data config, the seed, and the raw files'
+    contents (sha256, `builder.file_fingerprint`): a copied or touched file reuses the
+    prepared data, any edit rebuilds it, even one that keeps the size and mtime."""
     data = config.data.to_dict()
-    for key in ("prepared_dir", "max_input_length", "max_target_length"):
+    for key in TOKENIZATION_FIELDS:
         data.pop(key, None)  # tokenisation-time settings don't change the records
-    data.pop("pack_input_length", None)
-    data.pop("pack_target_length", None)
-    data.pop("row_bucket", None)
-    files = sources.raw_files(config.data)
-    stats = []
-    for path in files:
-        p = pathlib.Path(path)
-        st = p.stat() if p.exists() else None
-        stats.append([str(p), st.st_size if st else -1, st.st_mtime_ns if st else -1])
-    return {"data": data, "seed": config.seed, "files": stats}
+    files = builder.file_fingerprint(sources.raw_files(config.data))
+    return {"data": data, "seed": config.seed, "files": files}
 
 
 def load_records(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
@@ -96,27 +69,28 @@ def load_tokenizer(config, workdir: pathlib.Path, train_records, pretrained_dir)
     if pretrained_dir is not None:
         return Tokenizer.from_dir(pretrained_dir)
     tok_dir = workdir / TOKENIZER_DIR
-    if (tok_dir / "spiece.model").exists():
-        return Tokenizer.from_dir(tok_dir)
-    if train_records is None:  # eval/predict/export: the vocabulary comes from training
-        raise UserError(
-            f"{tok_dir}: no trained tokenizer (spiece.model) and config field "
-            "model.from_pretrained is empty: train in this --workdir first, or point "
-            "model.from_pretrained at a HF T5 model."
+    # Process 0 looks and every process follows its answer (distill_jax/multihost.py): a
+    # process that looked itself after process 0 had written the file would skip the barrier.
+    if not multihost.process0_says((tok_dir / "spiece.model").exists()):
+        if train_records is None:  # eval/predict/export: the vocabulary comes from training
+            raise UserError(
+                f"{tok_dir}: no trained tokenizer (spiece.model) and config field "
+                "model.from_pretrained is empty: train in this --workdir first, or point "
+                "model.from_pretrained at a HF T5 model."
+            )
+        multihost.on_process0(
+            lambda: _train_tokenizer(train_records, config.model.vocab_size, tok_dir),
+            "training the tokenizer",
         )
-    if jax.process_index() == 0:
-        texts = []
-        for r in train_records:
-            texts += [r["input"], r["label"]] + ([r["rationale"]] if r.get("rationale") else [])
-        logging.info(
-            "training a %d-piece SentencePiece vocabulary on %d texts",
-            config.model.vocab_size,
-            len(texts),
-        )
-        Tokenizer.train(texts, config.model.vocab_size, tok_dir)
-    if jax.process_count() > 1:  # the others read what process 0 wrote (shared workdir)
-        multihost_utils.sync_global_devices("tokenizer trained")
-    return Tokenizer.from_dir(tok_dir)
+    return Tokenizer.from_dir(tok_dir)  # the others read what process 0 wrote (shared workdir)
+
+
+def _train_tokenizer(train_records, vocab_size: int, tok_dir: pathlib.Path) -> None:
+    texts = []
+    for r in train_records:
+        texts += [r["input"], r["label"]] + ([r["rationale"]] if r.get("rationale") else [])
+    logging.info("training a %d-piece SentencePiece vocabulary on %d texts", vocab_size, len(texts))
+    Tokenizer.train(texts, vocab_size, tok_dir)
 
 
 def build_model_config(config, tokenizer: Tokenizer, pretrained_cfg=None):
