@@ -170,15 +170,18 @@ def main() -> None:
         "--config.logging.progress_bar=False",
     ]
     rows = []
-    for name, steps, after in (
-        ("fresh (prepare + tokenize + write cache)", 1, 0),
-        ("resume, cache hit", 2, 1),
-        ("resume, cache removed (re-tokenize, as before)", 3, 2),
+    for i, (name, steps, after) in enumerate(
+        (
+            ("fresh (prepare + tokenize + write cache)", 1, 0),
+            ("resume, cache hit", 2, 1),
+            ("resume, cache removed (re-tokenize, as before)", 3, 2),
+        )
     ):
         if "removed" in name:
             for tokens in (workdir / "prepared").glob("*/tokens"):
                 shutil.rmtree(tokens)
-        result = run([*base, f"--config.train.max_steps={steps}"], workdir, after, root / "log")
+        log = root / f"run{i + 1}.log"
+        result = run([*base, f"--config.train.max_steps={steps}"], workdir, after, log)
         rows.append((name, result))
         print(f"{name}: {result}", flush=True)
     print(f"\n{args.records} records, t5-v1_1-tiny, CPU\n")
