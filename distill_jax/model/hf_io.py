@@ -86,7 +86,12 @@ def resolve_pretrained(name_or_path: str) -> pathlib.Path:
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """Reads a .safetensors file (memory-mapped; bf16 included, which safetensors.numpy lacks)."""
+    """Reads a .safetensors file, memory-mapped.
+
+    Kept instead of `safetensors.numpy.load_file`, which reads the whole file into memory
+    first: here each weight is read only when `_convert` casts it to float32, so an 11B
+    checkpoint is never held twice in host memory.
+    """
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(size))
