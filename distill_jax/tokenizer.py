@@ -71,7 +71,7 @@ class Tokenizer:
             raise ValueError("give exactly one of sp_model and tokenizer_json")
         self._sp_model, self._tokenizer_json = sp_model, tokenizer_json
         if sp_model is not None:
-            self._tk = tokenizers.Tokenizer.from_str(_tokenizer_json_from_sp(sp_model))
+            self._tk = _tokenizer_from_sp(sp_model)
         else:
             self._tk = tokenizers.Tokenizer.from_str(tokenizer_json)
             if json.loads(tokenizer_json).get("model", {}).get("type") == "Unigram":
@@ -230,8 +230,8 @@ def _precompiled_normalizer(tokenizer: dict) -> tokenizers.normalizers.Normalize
     return None
 
 
-def _tokenizer_json_from_sp(sp_model: bytes) -> str:
-    """A tokenizer.json equal to what transformers 5 builds for a T5 spiece.model.
+def _tokenizer_from_sp(sp_model: bytes) -> tokenizers.Tokenizer:
+    """A tokenizer equal to what transformers 5 builds for a T5 spiece.model.
 
     Written here rather than `transformers.convert_slow_tokenizer.T5Converter`: that converter
     follows the SentencePiece normalizer spec, while transformers 5's T5Tokenizer replaces its
@@ -255,4 +255,4 @@ def _tokenizer_json_from_sp(sp_model: bytes) -> str:
     tk.post_processor = tokenizers.processors.TemplateProcessing(
         single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)]
     )
-    return tk.to_str()
+    return tk
