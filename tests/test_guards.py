@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -85,22 +87,29 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 @pytest.mark.slow
-def test_resume_with_dropout_reproduces_the_uninterrupted_run(tmp_path):
-    """Stopped at step 2 and rerun: steps 3-4 and the final params equal the run that was not
-    stopped, with dropout on (its masks must follow the step, not the process)."""
+def test_resume_with_dropout_reproduces_the_uninterrupted_run(tmp_path, caplog):
+    """Resumed from the step-2 checkpoint of a finished run (a copy, its later checkpoint
+    removed): steps 3-4 and the final params equal the run's own, with dropout on (its masks
+    must follow the step, not the process)."""
     data_dir = fixtures.write_generic_fixture(tmp_path / "data", n_train=40)
-    fields = dict(model__dropout_rate=0.1, data__max_target_length=40, train__max_steps=4)
-    whole, split = tmp_path / "whole", tmp_path / "split"
+    fields = dict(
+        model__dropout_rate=0.1, data__max_target_length=40, train__max_steps=4,
+        checkpoint__keep=3,
+    )  # fmt: skip
+    whole = tmp_path / "whole"
     loop.train_and_evaluate(lu.tiny_config(data_dir, **fields), whole)
-    assert loop.train_and_evaluate(lu.tiny_config(data_dir, **fields), split, stop_at_step=2)[
-        "preempted"
-    ]
-    loop.train_and_evaluate(lu.tiny_config(data_dir, **fields), split)
-    expected, resumed = lu.train_losses(whole), lu.train_losses(split)
+    resumed_dir = lu.copy_workdir(whole, tmp_path / "resumed")
+    shutil.rmtree(resumed_dir / "checkpoints" / "latest" / "4")
+    (resumed_dir / "summary.json").unlink()
+    with caplog.at_level(logging.INFO):
+        loop.train_and_evaluate(lu.tiny_config(data_dir, **fields), resumed_dir)
+    assert "resumed from step 2" in caplog.text
+    assert [r["step"] for r in lu.rows_after(resumed_dir, 2)] == [3, 4]
+    expected, resumed = lu.train_losses(whole), lu.train_losses(resumed_dir)
     assert sorted(resumed) == sorted(expected) == [1, 2, 3, 4]
     for step in (3, 4):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-6), step
-    lu.assert_params_close(lu.final_params(split, 4), lu.final_params(whole, 4), atol=1e-6)
+    lu.assert_params_close(lu.final_params(resumed_dir, 4), lu.final_params(whole, 4), atol=1e-6)
 
     # Dropout was really on: the first step's loss is not the dropout-free objective.
     config = lu.tiny_config(data_dir, **fields)
