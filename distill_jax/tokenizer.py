@@ -1,4 +1,4 @@
-"""T5 tokenizer: `tokenizers` (HF's Rust library) from `spiece.model` or `tokenizer.json`.
+"""T5 tokenizer: SentencePiece (`spiece.model`) or `tokenizer.json`, and training a new vocab.
 
 Ids follow T5: pad 0, eos 1, unk 2, then the SentencePiece pieces, then 100 sentinel tokens
 `<extra_id_99>` .. `<extra_id_0>` at the top (so `<extra_id_0>` has the largest id). Encoding
@@ -6,10 +6,6 @@ matches `transformers.AutoTokenizer(dir)(text, add_special_tokens=False).input_i
 transformers 5: special tokens written literally in the text (e.g. the `</s>` that e-SNLI
 inputs use between premise and hypothesis) become their ids, and the text between them is
 encoded on its own.
-
-One backend encodes and decodes: a `spiece.model` is converted to the `tokenizers` Unigram
-model transformers 5 builds from it. SentencePiece is used only to train a new vocab and to
-read the `spiece.model` protobuf.
 """
 
 from __future__ import annotations
@@ -25,13 +21,14 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 import tokenizers
-from google.protobuf.message import DecodeError
-from sentencepiece import sentencepiece_model_pb2
 
 from distill_jax.errors import UserError
 
 EXTRA_IDS = 100
 SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")
+# Unicode White_Space characters that SentencePiece's nmt_nfkc rules leave alone but the
+# `tokenizers` whitespace split (used by transformers) treats as spaces.
+_EXTRA_SPACES = str.maketrans({"\x85": " "})
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
@@ -59,7 +56,14 @@ def _t5_pre_tokenizer() -> tokenizers.pre_tokenizers.PreTokenizer:
 
 
 class Tokenizer:
-    """A T5 tokenizer on a `tokenizers` Unigram model (from spiece.model or tokenizer.json)."""
+    """A T5 tokenizer backed by SentencePiece or by a `tokenizers` tokenizer.json.
+
+    Two backends on purpose: a `spiece.model` could be converted to `tokenizers` (as `save`
+    does for tokenizer.json), but through `tokenizers` the same vocabulary encodes the demo's
+    texts 4-5x slower than through SentencePiece (`benchmarks/tokenizer.py`, BENCHMARKS.md):
+    minutes instead of about one at e-SNLI size.
+    tests/test_tokenizer.py holds both to transformers' ids.
+    """
 
     pad_id = 0
     eos_id = 1
@@ -70,8 +74,18 @@ class Tokenizer:
         if (sp_model is None) == (tokenizer_json is None):
             raise ValueError("give exactly one of sp_model and tokenizer_json")
         self._sp_model, self._tokenizer_json = sp_model, tokenizer_json
+        self._sp: spm.SentencePieceProcessor | None = None
+        self._tk: tokenizers.Tokenizer | None = None
         if sp_model is not None:
-            self._tk = _tokenizer_from_sp(sp_model)
+            self._sp = spm.SentencePieceProcessor(model_proto=sp_model)
+            pieces = self._sp.get_piece_size()
+            self.vocab_size = pieces + EXTRA_IDS
+            self._special = {p: i for i, p in enumerate(SPECIAL_PIECES)}
+            self._special.update(
+                {f"<extra_id_{i}>": pieces + EXTRA_IDS - 1 - i for i in range(100)}
+            )
+            self._num_pieces = pieces
+            found = tuple(self._sp.id_to_piece(i) for i in range(3))
         else:
             self._tk = tokenizers.Tokenizer.from_str(tokenizer_json)
             if json.loads(tokenizer_json).get("model", {}).get("type") == "Unigram":
@@ -82,12 +96,16 @@ class Tokenizer:
                 self._tk.decoder = tokenizers.decoders.Metaspace(
                     replacement="▁", prepend_scheme="always", split=True
                 )
-        self.vocab_size = self._tk.get_vocab_size(with_added_tokens=True)
-        found = tuple(self._tk.id_to_token(i) for i in range(3))
+            self.vocab_size = self._tk.get_vocab_size(with_added_tokens=True)
+            self._num_pieces = self.vocab_size
+            found = tuple(self._tk.id_to_token(i) for i in range(3))
         if found != SPECIAL_PIECES:
             raise UserError(
                 f"tokenizer: ids 0, 1, 2 must be {SPECIAL_PIECES} as in T5, got {found}"
             )
+        if self._sp is not None:
+            names = sorted(self._special, key=len, reverse=True)
+            self._special_re = re.compile("|".join(re.escape(s) for s in names))
 
     # ----------------------------------------------------------------------------- loading
 
@@ -99,7 +117,7 @@ class Tokenizer:
             data = (path / "spiece.model").read_bytes()
             try:
                 return cls(sp_model=data)
-            except DecodeError as e:
+            except RuntimeError as e:
                 raise UserError(f"{path / 'spiece.model'}: not a SentencePiece model ({e})") from e
             except UserError as e:
                 raise UserError(f"{path / 'spiece.model'}: {e}") from e
@@ -120,9 +138,6 @@ class Tokenizer:
         Deterministic for the same texts. Saves spiece.model and HF tokenizer files in out_dir.
         The vocab may come out smaller than asked for when the texts are too few.
         """
-        # SentencePiece's trainer, not `tokenizers.trainers.UnigramTrainer`: the latter has no
-        # nmt_nfkc normalization rules, split_digits or hard_vocab_limit=False, and its EM and
-        # pruning give another vocab, so existing workdirs' spiece.model would not be reproduced.
         special_re = re.compile(r"</s>|<pad>|<unk>|<extra_id_\d+>")
         # Special tokens written in the text are split out at encode time, so keep them out of
         # the vocab; skip empty lines, which SentencePiece would count as sentences.
@@ -162,13 +177,36 @@ class Tokenizer:
 
     # ----------------------------------------------------------------------------- encoding
 
+    def _chunks(self, text: str) -> tuple[list[str], list[int | None]]:
+        """Splits text at special tokens: plain chunks, and per piece a special id or None."""
+        chunks: list[str] = []
+        layout: list[int | None] = []
+        pos = 0
+        for m in self._special_re.finditer(text):
+            chunks.append(text[pos : m.start()].translate(_EXTRA_SPACES))
+            layout += [None, self._special[m.group()]]
+            pos = m.end()
+        chunks.append(text[pos:].translate(_EXTRA_SPACES))
+        layout.append(None)
+        return chunks, layout
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without EOS."""
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, without EOS."""
-        return [e.ids for e in self._tk.encode_batch(list(texts), add_special_tokens=False)]
+        if self._tk is not None:
+            return [e.ids for e in self._tk.encode_batch(list(texts), add_special_tokens=False)]
+        split = [self._chunks(t) for t in texts]
+        encoded = iter(self._sp.encode([c for chunks, _ in split for c in chunks]))
+        out = []
+        for _, layout in split:
+            ids: list[int] = []
+            for special in layout:
+                ids += next(encoded) if special is None else [special]
+            out.append(ids)
+        return out
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids` up to the first EOS; pad, unk, sentinels and ids past the vocab skipped."""
@@ -177,9 +215,11 @@ class Tokenizer:
             i = int(i)
             if i == self.eos_id:
                 break
-            if self.unk_id < i < self.vocab_size:
+            if self.unk_id < i < self._num_pieces:
                 kept.append(i)
-        return self._tk.decode(kept, skip_special_tokens=True)  # sentinels are special tokens
+        if self._tk is not None:
+            return self._tk.decode(kept, skip_special_tokens=True)
+        return self._sp.decode(kept)
 
     def decode_batch(self, ids_2d: Iterable[Iterable[int]]) -> list[str]:
         """decode() of each row."""
@@ -188,13 +228,13 @@ class Tokenizer:
     # ----------------------------------------------------------------------------- saving
 
     def save(self, out_dir: str | os.PathLike) -> None:
-        """Writes spiece.model (if built from one), tokenizer.json and the HF config files."""
+        """Writes spiece.model (if SentencePiece), tokenizer.json and the HF config files."""
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        extras = [f"<extra_id_{i}>" for i in range(EXTRA_IDS)] if self._sp_model else []
-        if self._sp_model is not None:
+        extras = [f"<extra_id_{i}>" for i in range(EXTRA_IDS)] if self._sp is not None else []
+        if self._sp is not None:
             _atomic_write(out / "spiece.model", self._sp_model)
-            tokenizer_json = self._tk.to_str()
+            tokenizer_json = _tokenizer_json_from_sp(self._sp_model)
         else:
             tokenizer_json = self._tokenizer_json
         _atomic_write(out / "tokenizer.json", tokenizer_json.encode("utf-8"))
@@ -213,7 +253,7 @@ class Tokenizer:
             _atomic_write(out / name, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
     def __getstate__(self) -> dict:
-        # The Rust tokenizer is rebuilt from its source (e.g. in data-loader workers).
+        # Processors are C++ objects; pickling (e.g. into data-loader workers) carries the bytes.
         return {"sp_model": self._sp_model, "tokenizer_json": self._tokenizer_json}
 
     def __setstate__(self, state: dict) -> None:
@@ -230,14 +270,10 @@ def _precompiled_normalizer(tokenizer: dict) -> tokenizers.normalizers.Normalize
     return None
 
 
-def _tokenizer_from_sp(sp_model: bytes) -> tokenizers.Tokenizer:
-    """A tokenizer equal to what transformers 5 builds for a T5 spiece.model.
+def _tokenizer_json_from_sp(sp_model: bytes) -> str:
+    """A tokenizer.json equal to what transformers 5 builds for a T5 spiece.model."""
+    from sentencepiece import sentencepiece_model_pb2
 
-    Written here rather than `transformers.convert_slow_tokenizer.T5Converter`: that converter
-    follows the SentencePiece normalizer spec, while transformers 5's T5Tokenizer replaces its
-    pre-tokenizer (whitespace split + Metaspace) and adds the 100 sentinels itself; and the
-    trainer would import all of transformers for ~20 lines of `tokenizers` construction.
-    """
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(sp_model)
     vocab = [(p.piece, p.score) for p in proto.pieces]
@@ -255,4 +291,4 @@ def _tokenizer_from_sp(sp_model: bytes) -> tokenizers.Tokenizer:
     tk.post_processor = tokenizers.processors.TemplateProcessing(
         single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)]
     )
-    return tk
+    return tk.to_str()
