@@ -61,6 +61,8 @@ def test_optimizer_steps_with_the_scheduled_rate():
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    """lr=1e30: step 1's loss is finite (and checkpointed), its update blows the params up to
+    ~1e30, so step 2's loss overflows; the run must stop there, saving nothing of step 2."""
     data_dir = fixtures.write_generic_fixture(tmp_path / "data", n_train=16)
     config = lu.tiny_config(
         data_dir, train__lr=1e30, train__warmup_steps=0, train__log_every=1,
