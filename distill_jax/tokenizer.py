@@ -61,7 +61,7 @@ class Tokenizer:
     Two backends on purpose: a `spiece.model` could be converted to `tokenizers` (as `save`
     does for tokenizer.json), but through `tokenizers` the same vocabulary encodes the demo's
     texts 4-5x slower than through SentencePiece (`benchmarks/tokenizer.py`, BENCHMARKS.md);
-    at e-SNLI size, where SentencePiece took ~37 s (issue 9), that would be minutes.
+    at e-SNLI size, where tokenizing took ~37 s (issue 9), that would be minutes.
     tests/test_tokenizer.py holds both to transformers' ids.
     """
 
