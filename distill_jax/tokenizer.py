@@ -56,7 +56,14 @@ def _t5_pre_tokenizer() -> tokenizers.pre_tokenizers.PreTokenizer:
 
 
 class Tokenizer:
-    """A T5 tokenizer backed by SentencePiece or by a `tokenizers` tokenizer.json."""
+    """A T5 tokenizer backed by SentencePiece or by a `tokenizers` tokenizer.json.
+
+    Two backends on purpose: a `spiece.model` could be converted to `tokenizers` (as `save`
+    does for tokenizer.json), but through `tokenizers` the same vocabulary encodes the demo's
+    texts 4-5x slower than through SentencePiece (`benchmarks/tokenizer.py`, BENCHMARKS.md);
+    at e-SNLI size, where tokenizing took ~37 s (issue 9), that would be minutes.
+    tests/test_tokenizer.py holds both to transformers' ids.
+    """
 
     pad_id = 0
     eos_id = 1

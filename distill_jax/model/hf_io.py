@@ -17,8 +17,10 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 
+import jax
 import ml_dtypes
 import numpy as np
+from flax import traverse_util
 
 from distill_jax.errors import UserError
 from distill_jax.model.config import T5Config, config_from_hf, config_to_hf
@@ -84,7 +86,12 @@ def resolve_pretrained(name_or_path: str) -> pathlib.Path:
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """Reads a .safetensors file (memory-mapped; bf16 included, which safetensors.numpy lacks)."""
+    """Reads a .safetensors file, memory-mapped.
+
+    Kept instead of `safetensors.numpy.load_file`, which reads the whole file into memory
+    first: here each weight is read only when `_convert` casts it to float32, so an 11B
+    checkpoint is never held twice in host memory.
+    """
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(size))
@@ -115,7 +122,7 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 def _read_flax(path: pathlib.Path) -> dict[str, np.ndarray]:
     """HF Flax names (`.../q/kernel` [in, out]) -> PyTorch names (`....q.weight` [out, in])."""
-    from flax import serialization, traverse_util
+    from flax import serialization
 
     tree = serialization.msgpack_restore(path.read_bytes())
     if set(tree) == {"params"}:
@@ -237,18 +244,6 @@ def _to_hf(kind: str, w: np.ndarray, cfg: T5Config) -> np.ndarray:
     return w if kind in ("embed", "norm") else w.T
 
 
-def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: dict, path: tuple[str, ...]) -> np.ndarray:
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
 # --------------------------------------------------------------------------- import
 
 
@@ -291,7 +286,7 @@ def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[
                 state["lm_head.weight"] = head.astype(np.float32) * cfg.d_model**-0.5
         elif not cfg.tie_word_embeddings and head is None:
             state["lm_head.weight"] = embed  # transformers 5 ties a missing head to `shared`
-    params: dict = {}
+    flat: dict[tuple[str, ...], np.ndarray] = {}  # our param path -> weight
     used = set()
     for path, name, kind in _layout(cfg):
         if name not in state:
@@ -305,7 +300,7 @@ def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[
                 "from config.json"
             )
         w = _to_ours(kind, np.asarray(w, dtype=np.float32), cfg)  # bf16/fp16 upcast here
-        _set(params, path, np.ascontiguousarray(w))
+        flat[path] = np.ascontiguousarray(w)
         used.add(name)
     extra = sorted(set(state) - used - _IGNORED)
     if extra:
@@ -313,7 +308,7 @@ def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[
         warnings.warn(
             f"{source}: ignoring unexpected weights {', '.join(extra[:10])}{more}", stacklevel=3
         )
-    return cfg, params
+    return cfg, traverse_util.unflatten_dict(flat)
 
 
 def load_pretrained(
@@ -341,21 +336,15 @@ def load_pretrained(
     if scan_layers:
         from distill_jax.model.t5 import scan_params
 
-        params = _tree_map(np.asarray, scan_params(params, cfg))
+        params = jax.tree.map(np.asarray, scan_params(params, cfg))
     return cfg, params
 
 
 # --------------------------------------------------------------------------- export
 
 
-def _tree_map(fn: Callable, tree):
-    return {k: _tree_map(fn, v) for k, v in tree.items()} if isinstance(tree, dict) else fn(tree)
-
-
 def _to_numpy(x) -> np.ndarray:
     """A float32 host copy; arrays sharded over several hosts are gathered first."""
-    import jax
-
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
 
@@ -369,7 +358,6 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
     `params` may be boxed (nn.Partitioned), scanned, wrapped in {'params': ...} and sharded;
     every process must call this (to gather), process 0 writes.
     """
-    import jax
     from flax.core import meta
     from safetensors.numpy import save_file
 
@@ -380,7 +368,7 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
         from distill_jax.model.t5 import unscan_params
 
         params = unscan_params(params, dataclasses.replace(cfg, scan_layers=True))
-    params = _tree_map(_to_numpy, params)
+    flat = traverse_util.flatten_dict(jax.tree.map(_to_numpy, params))
     if tokenizer.vocab_size > cfg.vocab_size:
         raise UserError(
             f"export: the tokenizer has {tokenizer.vocab_size} tokens but the model vocab "
@@ -388,7 +376,7 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
         )
     state = {}
     for path, name, kind in _layout(cfg):
-        w = _to_hf(kind, _get(params, path), cfg)
+        w = _to_hf(kind, flat[path], cfg)
         if w.shape != _hf_shape(kind, cfg):
             raise ValueError(
                 f"export: {name} has shape {w.shape}, config says {_hf_shape(kind, cfg)}"

@@ -54,33 +54,27 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
     return optax.chain(optax.clip_by_global_norm(train_cfg.max_grad_norm), opt)
 
 
-def _param_key(path) -> tuple[str, ...]:
-    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
-
-
-def opt_state_shardings(abstract_opt_state, params_shapes, params_shardings, mesh: Mesh):
+def opt_state_shardings(tx, abstract_opt_state, abstract_params, params_shardings, mesh: Mesh):
     """Shards each optimizer leaf like the parameter it mirrors; replicates the rest.
 
-    Adam's moments have their parameter's shape and get its sharding. Adafactor's factored
-    second moments are vectors of another shape: they are small, so they are replicated.
+    `optax.tree_map_params` finds the parameter-shaped subtrees of the state (Adam's moments,
+    Adafactor's v_row/v_col/v). A leaf there gets its parameter's sharding when it has the
+    parameter's shape; Adafactor's factored moments (row/column vectors) are small and are
+    replicated, as are counts and other non-parameter leaves.
     """
-    by_key = {}
-    for (path, shape), shard in zip(
-        jax.tree_util.tree_flatten_with_path(params_shapes)[0],
-        jax.tree.leaves(params_shardings),
-        strict=True,
-    ):
-        by_key[_param_key(path)] = (shape.shape, shard)
+    replicated = sharding.replicated(mesh)
 
-    def pick(path, leaf):
-        key = _param_key(path)
-        for start in range(len(key)):
-            hit = by_key.get(key[start:])
-            if hit is not None and hit[0] == leaf.shape:
-                return hit[1]
-        return sharding.replicated(mesh)
+    def like_param(leaf, param, param_sharding):
+        return param_sharding if leaf.shape == param.shape else replicated
 
-    return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+    return optax.tree_map_params(
+        tx,
+        like_param,
+        abstract_opt_state,
+        abstract_params,
+        params_shardings,
+        transform_non_params=lambda _: replicated,
+    )
 
 
 def abstract_train_state(
@@ -131,7 +125,7 @@ def state_shardings_for(tx, abstract_params, params_shardings, mesh: Mesh) -> Tr
     return TrainState(
         step=sharding.replicated(mesh),
         params=params_shardings,
-        opt_state=opt_state_shardings(abstract_opt, abstract_params, params_shardings, mesh),
+        opt_state=opt_state_shardings(tx, abstract_opt, abstract_params, params_shardings, mesh),
     )
 
 
