@@ -294,9 +294,9 @@ def write_random_t5(root: Path, version: str = "v1.1", seed: int = 0) -> Path:
         return (rng.standard_normal(x.shape) / np.sqrt(fan_in)).astype(np.float32)
 
     params = jax.tree_util.tree_map_with_path(fill, nn.meta.unbox(shapes)["params"])
-    # Ids that decode to nothing (sentinels, vocabulary padding) get zero output weights, so
-    # greedy outputs are visible text rather than runs of invisible ids.
-    silent = [i for i in range(3, cfg.vocab_size) if not tokenizer.decode([i])]
+    # Ids that decode to nothing (pad, unk, sentinels, vocabulary padding; not EOS) get zero
+    # output weights, so greedy outputs are visible text rather than runs of invisible ids.
+    silent = [i for i in range(cfg.vocab_size) if i != 1 and not tokenizer.decode([i])]
     if cfg.tie_word_embeddings:
         params["shared"]["embedding"][silent] = 0.0
     else:
