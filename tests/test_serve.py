@@ -21,6 +21,7 @@ import urllib.request
 import pytest
 
 from distill_jax import serve
+from distill_jax.errors import UserError
 from tests import fixtures, launch_util
 
 # ---- request parsing and the batcher, in process -----------------------------------------
@@ -118,6 +119,16 @@ def test_health_and_predict_are_503_until_ready():
         assert too_big.status_code == 400 and "limit is 100" in too_big.json()["error"]
     finally:
         state.batcher.stop()
+
+
+def test_serve_refuses_several_processes(monkeypatch, tmp_path):
+    import jax
+
+    from configs import generic
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(UserError, match="single process, not 2"):
+        serve.run_serve(generic.get_config("runlocal"), tmp_path, "127.0.0.1", 0)
 
 
 # ---- the real server ---------------------------------------------------------------------
