@@ -1,7 +1,7 @@
 """distill-jax entry point.
 
     python launch.py --config=configs/<dataset>.py[:<preset>] [--config.<field>=<value>] \
-        [--workdir=DIR] [--mode=train|eval|predict|data|export|teach]
+        [--workdir=DIR] [--mode=train|eval|predict|data|export|teach|serve]
 
 Rerunning the same command resumes from the workdir's latest checkpoint.
 """
@@ -19,7 +19,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: from the config).")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "predict", "data", "export", "teach"], "What to do."
+    "mode", "train", ["train", "eval", "predict", "data", "export", "teach", "serve"], "What to do."
 )
 _INPUT = flags.DEFINE_string(
     "input",
@@ -29,6 +29,11 @@ _INPUT = flags.DEFINE_string(
 )
 _OUTPUT = flags.DEFINE_string("output", None, "predict / teach: output JSON Lines file.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "export: Hugging Face T5 directory to write.")
+_EXPORT_FORMAT = flags.DEFINE_enum(
+    "export_format", "hf", ["hf", "ctranslate2"], "export: Hugging Face T5 or CTranslate2 model."
+)
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: address to listen on.")
+_PORT = flags.DEFINE_integer("port", 8000, "serve: port to listen on.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: 'host:port' of process 0."
 )
@@ -146,14 +151,19 @@ def run(argv) -> int:
         n = modes.run_predict(config, workdir, _INPUT.value, _OUTPUT.value or "")
         print(f"wrote {n} predictions to {_OUTPUT.value}")
     elif mode == "export":
-        out = modes.run_export(config, workdir, _EXPORT_DIR.value or "")
-        print(f"exported a Hugging Face T5 model to {out}")
+        out = modes.run_export(config, workdir, _EXPORT_DIR.value or "", _EXPORT_FORMAT.value)
+        kind = "a CTranslate2" if _EXPORT_FORMAT.value == "ctranslate2" else "a Hugging Face T5"
+        print(f"exported {kind} model to {out}")
     elif mode == "teach":
         from distill_jax.teach import run as teach
 
         summary = teach.run_teach(config, workdir, _INPUT.value or "", _OUTPUT.value or "")
         if "kept" in summary:
             print(teach.format_summary(summary), flush=True)
+    elif mode == "serve":
+        from distill_jax import serve
+
+        serve.run_serve(config, workdir, _HOST.value, _PORT.value)
     return 0
 
 

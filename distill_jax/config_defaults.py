@@ -77,6 +77,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     e.batch_size = 64  # global eval batch size
     e.max_examples = 0  # cap per eval split (0 = all); handy for quick runs
 
+    c.serve = sv = ml_collections.ConfigDict()
+    sv.max_wait_ms = 5.0  # --mode=serve: a batch waits at most this long for more requests
+    sv.row_buckets = (1, 8)  # batch sizes compiled besides eval.batch_size (for few requests)
+    sv.max_body_bytes = 1_000_000  # POST /predict bodies over this get 400
+
     c.checkpoint = k = ml_collections.ConfigDict()
     k.every_steps = 1000  # save the train state + data iterator every this many steps
     k.keep = 2  # latest checkpoints kept (the best-by-validation one is kept separately)

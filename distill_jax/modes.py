@@ -9,9 +9,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from distill_jax import config_check, sharding
+from distill_jax import config_check, predictor, sharding
 from distill_jax.errors import UserError
-from distill_jax.model import hf_io
+from distill_jax.model import ct2_export, hf_io
 from distill_jax.train import checkpoint, evaluate, logger, model_setup, setup
 from distill_jax.train.state import make_optimizer
 
@@ -30,13 +30,18 @@ def run_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[s
 
 
 def load_params(config: ml_collections.ConfigDict, workdir: pathlib.Path):
-    """(ModelSetup, params): the workdir's latest checkpoint, else `model.from_pretrained`."""
+    """(ModelSetup, params, step): the workdir's best-validation checkpoint, else its latest
+    train state (a run stopped before its first validation), else `model.from_pretrained`."""
     config_check.validate(config)
     tx = make_optimizer(config.train)
     ms = model_setup.build(config, workdir, None, tx)
     ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False)
     try:
         with sharding.activate(ms.mesh):
+            best = ckpts.restore_best(ms.abstract_state.params)
+            if best is not None:
+                step, params = best
+                return ms, params, step
             restored = ckpts.restore_latest(ms.abstract_state)
         if restored is not None:
             step, state, _ = restored
@@ -52,23 +57,26 @@ def load_params(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     return ms, params, 0
 
 
-def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, float]:
-    """Accuracy on the valid and test splits with the latest (or pretrained) weights."""
-    splits = setup.load_records(config, workdir)
+def load_predictor(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+    """(Predictor, step) of the model `load_params` picks, with the config's settings."""
     ms, params, step = load_params(config, workdir)
+    return predictor.from_config(config, params, ms.model_cfg, ms.tokenizer, ms.mesh), step
+
+
+def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, float]:
+    """Accuracy on the valid and test splits with the model `load_params` picks."""
+    splits = setup.load_records(config, workdir)
+    pred, step = load_predictor(config, workdir)
     writer = logger.MetricsWriter(workdir, tensorboard=False)
     results = {}
     for split in ("valid", "test"):
         acc, rows = evaluate.evaluate_split(
-            params,
-            ms.model_cfg,
-            ms.tokenizer,
+            pred,
+            None,
+            split,
             splits[split],
             dataset=config.data.name,
-            model_type=config.train.model_type,
-            eval_cfg=config.eval,
-            max_input_length=config.data.max_input_length,
-            mesh=ms.mesh,
+            max_examples=config.eval.max_examples,
         )
         evaluate.write_predictions(workdir / "predictions" / f"{split}_{step}.jsonl", rows)
         writer.write({"step": step, "split": split, "accuracy": acc, "examples": len(rows)})
@@ -114,44 +122,26 @@ def run_predict(config, workdir: pathlib.Path, input_path: str, output_path: str
     if not output_path:
         raise UserError("--mode=predict needs --output=FILE.")
     inputs = read_inputs(input_path)
-    ms, params, _ = load_params(config, workdir)
-    task = "predict" if config.train.model_type == "task_prefix" else "standard"
-    common = dict(
-        mesh=ms.mesh,
-        batch_size=config.eval.batch_size,
-        max_input_length=config.data.max_input_length,
-    )
-    labels = evaluate.generate(
-        params,
-        ms.model_cfg,
-        ms.tokenizer,
-        inputs,
-        task=task,
-        max_len=config.eval.gen_max_len,
-        **common,
-    )
-    rows = [{"input": x, "label": y} for x, y in zip(inputs, labels, strict=True)]
-    if config.eval.output_rationale and task == "predict":
-        rationales = evaluate.generate(
-            params,
-            ms.model_cfg,
-            ms.tokenizer,
-            inputs,
-            task="explain",
-            max_len=config.eval.rationale_max_len,
-            **common,
-        )
-        for row, r in zip(rows, rationales, strict=True):
-            row["rationale"] = r
+    pred, _ = load_predictor(config, workdir)
+    rows = predictor.prediction_rows(inputs, pred.predict(inputs))
     evaluate.write_predictions(pathlib.Path(output_path), rows)
     return len(rows)
 
 
-def run_export(config, workdir: pathlib.Path, export_dir: str) -> pathlib.Path:
-    """Writes a Hugging Face T5 directory from the latest (or pretrained) weights."""
+def run_export(
+    config, workdir: pathlib.Path, export_dir: str, export_format: str = "hf"
+) -> pathlib.Path:
+    """Writes a Hugging Face T5 directory ('hf') or a CTranslate2 model ('ctranslate2') of the
+    model `load_params` picks."""
     if not export_dir:
         raise UserError("--mode=export needs --export_dir=DIR.")
+    if export_format not in ("hf", "ctranslate2"):
+        raise UserError(f"--export_format={export_format}: expected hf or ctranslate2.")
+    if export_format == "ctranslate2":
+        ct2_export._converter()  # fail on a missing package before loading the model
     ms, params, _ = load_params(config, workdir)
     # Every process takes part (params may be sharded across hosts); process 0 writes.
+    if export_format == "ctranslate2":
+        return ct2_export.export_ctranslate2(export_dir, ms.model_cfg, params, ms.tokenizer)
     hf_io.export_pretrained(export_dir, ms.model_cfg, params, ms.tokenizer)
     return pathlib.Path(export_dir)

@@ -251,3 +251,56 @@ def write_generic_fixture(
             )
         offset += n
     return root
+
+
+# ---- a tiny random T5 with a tokenizer, as a HF directory ------------------------------------
+
+
+def write_random_t5(root: Path, version: str = "v1.1", seed: int = 0) -> Path:
+    """A tiny T5 (v1.0 or v1.1) with fixed random weights and a SentencePiece vocabulary trained
+    on the generic fixture texts, exported as a HF directory (`model.from_pretrained`); returns
+    it. Its greedy outputs are non-trivial (mostly non-empty, different per input), unlike a
+    model trained a few steps, and no training is needed."""
+    import dataclasses as dc
+
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    from distill_jax.model import hf_io
+    from distill_jax.model.config import T5Config
+    from distill_jax.model.t5 import T5
+    from distill_jax.tokenizer import Tokenizer
+
+    root = Path(root)
+    texts = [t for r in generic_records(60) for t in (r["input"], r["label"], r["rationale"])]
+    tokenizer = Tokenizer.train(texts, 80, root / "tokenizer")
+    cfg = T5Config(
+        vocab_size=-(-tokenizer.vocab_size // 16) * 16, d_model=32, d_kv=8, d_ff=64, num_heads=4,
+        num_encoder_layers=2, num_decoder_layers=2, relative_attention_num_buckets=8,
+        relative_attention_max_distance=16, feed_forward_proj="relu", tie_word_embeddings=True,
+    )  # fmt: skip
+    if version == "v1.1":
+        cfg = dc.replace(cfg, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    tokens = np.ones((1, 4), np.int32)
+    shapes = jax.eval_shape(T5(cfg).init, jax.random.key(0), tokens, tokens)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, x):  # numpy, not model.init: compiling init costs seconds on CPU
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            return (1.0 + 0.2 * rng.standard_normal(x.shape)).astype(np.float32)
+        fan_in = x.shape[0] if "embedding" not in name else 1
+        return (rng.standard_normal(x.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    params = jax.tree_util.tree_map_with_path(fill, nn.meta.unbox(shapes)["params"])
+    # Ids that decode to nothing (pad, unk, sentinels, vocabulary padding; not EOS) get zero
+    # output weights, so greedy outputs are visible text rather than runs of invisible ids.
+    silent = [i for i in range(cfg.vocab_size) if i != 1 and not tokenizer.decode([i])]
+    if cfg.tie_word_embeddings:
+        params["shared"]["embedding"][silent] = 0.0
+    else:
+        params["decoder"]["logits_dense"]["kernel"][:, silent] = 0.0
+    out = root / f"t5-{version}"
+    hf_io.export_pretrained(out, cfg, params, tokenizer)
+    return out

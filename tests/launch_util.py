@@ -11,6 +11,7 @@ per test session and shared by the multi-host and preemption tests (copy it befo
 Run as a script (`python tests/launch_util.py <launch.py flags>`) it is launch.py, except that
 with DISTILL_TEST_STEP_DELAY=<seconds> in the environment each training batch waits that long
 first: a test that kills a run part-way then knows the run is still training when it kills.
+DISTILL_TEST_DECODE_DELAY=<seconds> does the same for every decode call of a server.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch.py"
 STEP_DELAY_ENV = "DISTILL_TEST_STEP_DELAY"
+DECODE_DELAY_ENV = "DISTILL_TEST_DECODE_DELAY"
 REFERENCE_STEPS = 6
 # One compilation cache for every subprocess of a test session: the second run of the same
 # train step on the same device layout loads the executable instead of compiling it.
@@ -286,11 +288,27 @@ def _slow_training_batches(delay: float) -> None:
     pipeline.TrainIterator.__next__ = slow_next
 
 
+def _slow_decoding(delay: float) -> None:
+    """Makes every greedy-decode call of the Predictor wait `delay` seconds first (a server
+    test then knows its request is still in flight)."""
+    from distill_jax import predictor
+
+    original = predictor.Predictor._decode
+
+    def slow_decode(self, *args, **kwargs):
+        time.sleep(delay)
+        return original(self, *args, **kwargs)
+
+    predictor.Predictor._decode = slow_decode
+
+
 if __name__ == "__main__":
     import runpy
 
     sys.path.insert(0, str(ROOT))
     if os.environ.get(STEP_DELAY_ENV):
         _slow_training_batches(float(os.environ[STEP_DELAY_ENV]))
+    if os.environ.get(DECODE_DELAY_ENV):
+        _slow_decoding(float(os.environ[DECODE_DELAY_ENV]))
     sys.argv = [str(LAUNCH), *sys.argv[1:]]
     runpy.run_path(str(LAUNCH), run_name="__main__")

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from distill_jax import config_check, sharding
+from distill_jax import config_check, predictor, sharding
 from distill_jax.data import packing, pipeline, sources
 from distill_jax.errors import UserError
 from distill_jax.train import checkpoint, evaluate, logger, model_setup, perf, setup
@@ -185,18 +185,13 @@ def train_and_evaluate(
         }
 
     best = ckpts.best_accuracy()
-    eval_kwargs = dict(
-        dataset=config.data.name,
-        model_type=t.model_type,
-        eval_cfg=config.eval,
-        max_input_length=config.data.max_input_length,
-        mesh=mesh,
-    )
+    evaluator = predictor.from_config(config, None, ms.model_cfg, tokenizer, mesh)
 
     def run_eval(params, split: str, step: int) -> float:
         acc, rows = evaluate.evaluate_split(
-            params, ms.model_cfg, tokenizer, splits[split], **eval_kwargs
-        )
+            evaluator, params, split, splits[split],
+            dataset=config.data.name, max_examples=config.eval.max_examples,
+        )  # fmt: skip
         evaluate.write_predictions(workdir / "predictions" / f"{split}_{step}.jsonl", rows)
         writer.write({"step": step, "split": split, "accuracy": acc, "examples": len(rows)})
         logging.info("step %d: %s accuracy %.4f on %d examples", step, split, acc, len(rows))
