@@ -69,7 +69,7 @@ def test_incremental_decoding_matches_full_forward(cfg):
     assert np.abs(np.asarray(cached) - np.asarray(full)).max() < 1e-4
     assert int(cache["cache"]["decoder"]["position"]) == length
     cross = cache["cache"]["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]
-    assert cross.shape == (len(ENC_LENS), ENC_LEN, cfg.num_heads, cfg.d_kv)
+    assert cross.shape == (len(ENC_LENS), cfg.num_heads, ENC_LEN, cfg.d_kv)  # heads-major
 
 
 def naive_greedy(cfg: T5Config, params, enc, max_len: int) -> np.ndarray:
