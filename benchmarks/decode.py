@@ -42,7 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--max_len", type=int, default=64, help="decoded tokens (eval.gen_max_len)")
     p.add_argument("--input_len", default="60,150", help="min,max encoder tokens")
+    p.add_argument(
+        "--input_width", type=int, default=0, help="pad ours to this (0: the eval bucket)"
+    )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--attention", default="xla", choices=["xla", "dot_product"])
     p.add_argument("--steps", type=int, default=5, help="timed calls (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -52,18 +56,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--ctranslate2", action="store_true", help="also time CTranslate2 float32 and int8"
     )
     p.add_argument("--ct2_threads", type=int, default=os.cpu_count(), help="intra_threads")
+    p.add_argument(
+        "--profile", default="", help="trace one more call of ours into this dir; print op shares"
+    )
     p.add_argument("--json", default="", help="append the results as one JSON line here")
     return p.parse_args(argv)
 
 
 def bucket(n: int) -> int:
     """The eval pipeline's padded length for a batch whose longest input is n."""
-    try:
-        from distill_jax.data.pipeline import bucket_length
+    from distill_jax.data.eval_data import bucket_length
 
-        return int(bucket_length(n))
-    except ImportError:
-        return -(-n // 32) * 32
+    return int(bucket_length(n))
 
 
 def generated_lengths(tokens: np.ndarray, eos: int) -> np.ndarray:
@@ -78,7 +82,7 @@ def main(argv=None) -> dict:
     dtype = args.dtype
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    cfg = dataclasses.replace(get_preset(args.preset), dtype=dtype)
+    cfg = dataclasses.replace(get_preset(args.preset), dtype=dtype, attention=args.attention)
     rng = np.random.default_rng(args.seed)
     lo, hi = common.parse_range(args.input_len)
     lengths = rng.integers(lo, hi + 1, args.batch_size)
@@ -92,7 +96,9 @@ def main(argv=None) -> dict:
         ).astype(np.int32)
         for n in lengths
     ]
-    width = bucket(int(lengths.max()))
+    width = args.input_width or bucket(int(lengths.max()))
+    if width < lengths.max():
+        raise SystemExit(f"--input_width {width} is shorter than the longest input {lengths.max()}")
     tokens = np.zeros((args.batch_size, width), np.int32)
     for i, x in enumerate(inputs):
         tokens[i, : len(x)] = x
@@ -149,6 +155,7 @@ def main(argv=None) -> dict:
     res = {
         "preset": args.preset,
         "dtype": dtype,
+        "attention": args.attention,
         "batch_size": args.batch_size,
         "max_len": args.max_len,
         "input_width": width,
@@ -179,6 +186,12 @@ def main(argv=None) -> dict:
         }
     for d in tmp_dirs:
         d.cleanup()
+    if args.profile:
+        from benchmarks import xla_profile
+
+        hlo = greedy_decode_with_steps.lower(params, cfg, dev_tokens, args.max_len).compile()
+        res["profile"] = xla_profile.profile(run_ours, hlo.as_text(), args.profile)
+        print(xla_profile.format_profile(res["profile"]))
     res["load_average_end"] = os.getloadavg()[0]
     report(res)
     if args.json:
