@@ -127,3 +127,19 @@ def test_fused_implementation_picks_cudnn_only_where_its_limits_hold():
 def test_unknown_attention_is_a_user_error():
     with pytest.raises(UserError, match="model.attention"):
         dataclasses.replace(V1_1, attention="flash")
+
+
+def test_config_field_reaches_the_model_config():
+    from types import SimpleNamespace
+
+    from configs.base import get_base_config
+    from distill_jax.train.setup import build_model_config
+
+    config = get_base_config()
+    assert config.model.attention == "xla"
+    config.model.attention = "dot_product"
+    cfg = build_model_config(config, SimpleNamespace(vocab_size=10), pretrained_cfg=V1_1)
+    assert cfg.attention == "dot_product"
+    config.model.attention = "flash"
+    with pytest.raises(UserError, match="model.attention"):
+        build_model_config(config, SimpleNamespace(vocab_size=10), pretrained_cfg=V1_1)
