@@ -69,6 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="accelerator.json", help="the JSON file written")
     p.add_argument("--smoke", action="store_true", help="tiny preset, 1 step: checks the path")
     p.add_argument("--attention", default="xla,dot_product", help="first: all runs; rest: base@64")
+    p.add_argument(
+        "--presets",
+        default=",".join(f"{p}:{r}" for p, r in FULL_PRESETS),
+        help="preset:remat pairs of the train rows (not with --smoke)",
+    )
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--max_batch", type=int, default=512)
     p.add_argument("--steps", type=int, default=10, help="timed train steps (median)")
@@ -113,16 +118,20 @@ def train_runs(args) -> list[dict]:
     if args.smoke:
         presets = [("t5-v1_1-tiny", "none")]
         common_argv = ["--steps", "1", "--warmup", "1", "--vocab_size", "256", *SMOKE_LENGTHS]
+    else:
+        presets = [tuple(x.split(":")) for x in args.presets.split(",")]
+        if any(len(p) != 2 for p in presets):
+            raise SystemExit(f"--presets {args.presets!r}: expected preset:remat[,preset:remat]")
     rows = []
-    for preset, remat in presets if args.smoke else FULL_PRESETS:
+    for preset, remat in presets:
         base = ["--preset", preset, "--remat", remat, "--dtype", "bfloat16", *common_argv]
         if args.smoke:
-            base[base.index("bfloat16")] = "float32"  # bf16 on CPU is emulated and slow
+            base[base.index("bfloat16")] = "float32"  # what dtype='auto' picks on CPU
         argv = [*base, "--batch_size", str(args.batch_size), "--attention", attentions[0]]
         name = f"train {preset} batch {args.batch_size} {attentions[0]}"
         first = _guarded(name, lambda a=argv: train_step.main([*a, "--reference"]))
         rows.append(first)
-        if preset == (presets if args.smoke else FULL_PRESETS)[0][0]:
+        if preset == presets[0][0]:
             for att in attentions[1:]:
                 a = [*base, "--batch_size", str(args.batch_size), "--attention", att]
                 rows.append(_guarded(f"train {preset} batch {args.batch_size} {att}", lambda a=a: (
