@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from distill_jax.data import packing, pipeline
+from distill_jax.data import packing
 from distill_jax.model import hf_io
 from distill_jax.model.config import T5Config, config_to_hf
 
@@ -135,7 +135,7 @@ def pack_batch(
             raise SystemExit(f"a pair is longer than the pack lengths {pack_in}/{pack_tgt}")
         plans.append((ids, packing.pack_rows(enc, dec, pack_in, pack_tgt)))
     rows = packing.round_up(max(n for _, (_, n) in plans), row_multiple)
-    b = pipeline.empty_batch(grad_steps, rows, pack_in, pack_tgt)
+    b = packing.empty_batch(grad_steps, rows, pack_in, pack_tgt)
     for m, (ids, (row_of, _)) in enumerate(plans):
         fill_in, fill_tgt = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
         segments = np.zeros(rows, np.int32)

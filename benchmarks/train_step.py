@@ -63,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor device counts")
     p.add_argument("--scan_layers", action="store_true")
     p.add_argument("--remat", default="none", choices=["none", "minimal", "full"])
+    p.add_argument("--attention", default="xla", choices=["xla", "dot_product"])
     p.add_argument("--dropout_rate", type=float, default=None, help="default: the preset's")
     p.add_argument(
         "--prng_impl",
@@ -99,6 +100,49 @@ def analytic_train_flops(cfg: T5Config, enc_tokens: int, dec_tokens: int) -> flo
     return 6.0 * (enc * enc_tokens + dec * dec_tokens)
 
 
+def attention_train_flops(cfg: T5Config, rows: int, enc_len: int, dec_len: int) -> float:
+    """Attention score and value FLOPs of a train step over packed rows as they are computed.
+
+    Per layer and row: QK^T and AV are 2 * q_len * k_len * heads * d_kv MACs each way; x2 FLOPs
+    per MAC and x3 for forward plus backward: 12 * q_len * k_len * inner. Encoder self (L_enc^2),
+    decoder self (L_dec^2, full square: causal halves are not skipped) and cross (L_dec*L_enc).
+    """
+    inner = cfg.num_heads * cfg.d_kv
+    enc = cfg.num_encoder_layers * enc_len * enc_len
+    dec = cfg.num_decoder_layers * (dec_len * dec_len + dec_len * enc_len)
+    return 12.0 * inner * rows * (enc + dec)
+
+
+def memory_bytes(compiled) -> dict | None:
+    """Arguments, outputs and temporaries of a compiled step (XLA's memory analysis)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:
+        return None
+    if m is None:
+        return None
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes")
+    out = {f: int(getattr(m, f, 0) or 0) for f in fields}
+    out["alias_size_in_bytes"] = int(getattr(m, "alias_size_in_bytes", 0) or 0)
+    out["planned_peak_bytes"] = (
+        out["argument_size_in_bytes"]
+        + out["output_size_in_bytes"]
+        + out["temp_size_in_bytes"]
+        - out["alias_size_in_bytes"]
+    )
+    return out
+
+
+def device_peak_bytes() -> int | None:
+    """Peak device memory in use so far by this process (GPU/TPU), or None (CPU)."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:
+        return None
+    peak = stats.get("peak_bytes_in_use")
+    return int(peak) if peak is not None else None
+
+
 def eval_objective(model, params, batch):
     """(loss, label_loss, rationale_loss) of the packed batch without dropout."""
 
@@ -119,7 +163,11 @@ def main(argv=None) -> dict:
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     cfg = dataclasses.replace(
-        get_preset(args.preset), dtype=dtype, scan_layers=args.scan_layers, remat_policy=args.remat
+        get_preset(args.preset),
+        dtype=dtype,
+        scan_layers=args.scan_layers,
+        remat_policy=args.remat,
+        attention=args.attention,
     )
     if args.dropout_rate is not None:
         cfg = dataclasses.replace(cfg, dropout_rate=args.dropout_rate)
@@ -209,11 +257,14 @@ def main(argv=None) -> dict:
             prof = xla_profile.profile(run_ours, compiled.as_text(), args.profile)
     enc_real = sum(len(p.encoder) for p in pairs)
     model_flops = analytic_train_flops(cfg, enc_real, real - enc_real)
+    attn_flops = attention_train_flops(cfg, args.grad_steps * rows, pack_in, pack_tgt)
     res = {
         "preset": args.preset,
         "dropout_rate": cfg.dropout_rate,
         "prng_impl": args.prng_impl,
         "dtype": dtype,
+        "attention": args.attention,
+        "remat": args.remat,
         "batch_size": args.batch_size,
         "machine": common.machine(),
         "ours": {
@@ -223,6 +274,9 @@ def main(argv=None) -> dict:
             "slots": slots,
             "xla_flops": hw_flops,
             "model_flops": model_flops,
+            "attention_flops": attn_flops,
+            "memory": memory_bytes(compiled),
+            "device_peak_bytes": device_peak_bytes(),
             "eval_loss": ours_eval,
             "rows": rows,
             "pack": [pack_in, pack_tgt],
@@ -232,6 +286,9 @@ def main(argv=None) -> dict:
     peak = perf.peak_flops_per_device()
     if peak:
         res["ours"]["mfu_model"] = model_flops / ours_t / (peak * jax.device_count())
+        res["ours"]["mfu_model_with_attention"] = (
+            (model_flops + attn_flops) / ours_t / (peak * jax.device_count())
+        )
         if hw_flops:
             res["ours"]["hfu_xla"] = hw_flops / ours_t / (peak * jax.device_count())
     if args.reference:
@@ -322,8 +379,11 @@ def report(res: dict, args) -> None:
     rows.append(
         ("achieved model TFLOP/s", fmt(ours["model_flops"] / ours["step_s_median"] / 1e12), "-")
     )
+    rows.append(("attention FLOPs / step (packed rows)", f"{ours['attention_flops']:.3e}", "-"))
     if "mfu_model" in ours:
         rows.append(("MFU (6*N*tokens / peak)", f"{100 * ours['mfu_model']:.1f}%", "-"))
+        mfu_att = ours["mfu_model_with_attention"]
+        rows.append(("MFU (6*N*tokens + attention / peak)", f"{100 * mfu_att:.1f}%", "-"))
     if "hfu_xla" in ours:
         rows.append(("HFU (XLA FLOPs / peak)", f"{100 * ours['hfu_xla']:.1f}%", "-"))
     print(

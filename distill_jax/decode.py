@@ -18,13 +18,31 @@ def _variables(params) -> dict:
     return dict(params) if "params" in params else {"params": params}
 
 
+def cast_for_compute(params, cfg: T5Config):
+    """Params cast once to the compute dtype, the values each use would cast them to anyway.
+
+    Every kernel, embedding and norm scale is used as `x.astype(cfg.dtype)`, so casting before
+    the decode loop changes no value while a bf16 step then reads half the weight bytes and
+    converts nothing. The relative-position tables stay float32: their bias is added in float32.
+    """
+    dtype = jnp.dtype(cfg.dtype)
+    if dtype == jnp.float32:
+        return params
+
+    def cast(path, x):
+        keep = any(getattr(k, "key", None) == "rel_embedding" for k in path)
+        return x if keep or x.dtype != jnp.float32 else x.astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_len"))
 def greedy_decode_with_steps(
     params, cfg: T5Config, encoder_input_tokens: jax.Array, max_len: int
 ) -> tuple[jax.Array, jax.Array]:
     """`greedy_decode`, also returning how many decoder steps ran (< max_len on early exit)."""
     model = T5(cfg)
-    variables = _variables(params)
+    variables = cast_for_compute(_variables(params), cfg)
     batch = encoder_input_tokens.shape[0]
     encoded = model.apply(variables, encoder_input_tokens, method=T5.encode)  # [b, l, embed]
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill_jax.decode import greedy_decode, greedy_decode_with_steps
+from distill_jax.decode import cast_for_compute, greedy_decode, greedy_decode_with_steps
 from distill_jax.model import T5, T5Config, scan_params
 
 V1_0 = T5Config(
@@ -69,7 +69,7 @@ def test_incremental_decoding_matches_full_forward(cfg):
     assert np.abs(np.asarray(cached) - np.asarray(full)).max() < 1e-4
     assert int(cache["cache"]["decoder"]["position"]) == length
     cross = cache["cache"]["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]
-    assert cross.shape == (len(ENC_LENS), ENC_LEN, cfg.num_heads, cfg.d_kv)
+    assert cross.shape == (len(ENC_LENS), cfg.num_heads, ENC_LEN, cfg.d_kv)  # heads-major
 
 
 def naive_greedy(cfg: T5Config, params, enc, max_len: int) -> np.ndarray:
@@ -142,3 +142,17 @@ def test_greedy_stops_at_eos(greedy_case):
     )
     np.testing.assert_array_equal(np.asarray(out), expected)
     assert int(got_steps) == steps  # early exit: no step after the last row finished
+
+
+def test_params_cast_once_for_bf16_decoding_give_the_same_logits():
+    """greedy_decode casts params to bf16 before its loop: the logits must be bit-identical
+    to the model casting float32 params at each use (rel-pos tables stay float32)."""
+    cfg = dataclasses.replace(V1_1, dtype="bfloat16")
+    params, enc = random_model(V1_1, seed=5)
+    cast = cast_for_compute({"params": params}, cfg)["params"]
+    assert cast["shared"]["embedding"].dtype == jnp.bfloat16
+    assert cast["decoder"]["relpos_bias"]["rel_embedding"].dtype == jnp.float32
+    dec = np.random.default_rng(6).integers(1, cfg.vocab_size, (enc.shape[0], 5)).astype(np.int32)
+    fwd = jax.jit(lambda p: T5(cfg).apply({"params": p}, enc, dec))
+    np.testing.assert_array_equal(np.asarray(fwd(cast)), np.asarray(fwd(params)))
+    assert cast_for_compute(params, V1_1) is params  # float32: nothing to do

@@ -255,3 +255,19 @@ def pair_ids_of(example_ids: np.ndarray, pairs_per_example: int) -> np.ndarray:
     """Pair indices of examples (pair k of example i is i * pairs_per_example + k)."""
     example_ids = np.asarray(example_ids, np.int64)
     return (example_ids[:, None] * pairs_per_example + np.arange(pairs_per_example)).reshape(-1)
+
+
+def empty_batch(
+    grad_steps: int, rows: int, input_length: int, target_length: int
+) -> dict[str, np.ndarray]:
+    """All-padding arrays of a packed train batch (distill_jax.data.pipeline lists the fields)."""
+    shape_in, shape_tgt = (grad_steps, rows, input_length), (grad_steps, rows, target_length)
+    return {
+        "encoder_input_tokens": np.zeros(shape_in, np.int32),
+        "encoder_segment_ids": np.zeros(shape_in, np.int32),
+        "decoder_input_tokens": np.zeros(shape_tgt, np.int32),
+        "decoder_target_tokens": np.zeros(shape_tgt, np.int32),
+        "decoder_segment_ids": np.zeros(shape_tgt, np.int32),
+        "label_weights": np.zeros(shape_tgt, np.float32),
+        "rationale_weights": np.zeros(shape_tgt, np.float32),
+    }

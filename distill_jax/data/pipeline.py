@@ -52,6 +52,7 @@ import numpy as np
 from distill_jax.data import packing, token_cache
 from distill_jax.data.eval_data import EvalSet, bucket_length, eval_batches
 from distill_jax.data.features import Sequences, TokenizedPairs, TokenizerLike, tokenize_pairs
+from distill_jax.data.packing import empty_batch
 from distill_jax.errors import UserError
 
 __all__ = [
@@ -64,22 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def empty_batch(
-    grad_steps: int, rows: int, input_length: int, target_length: int
-) -> dict[str, np.ndarray]:
-    """All-padding arrays of a packed train batch (the module docstring lists the fields)."""
-    shape_in, shape_tgt = (grad_steps, rows, input_length), (grad_steps, rows, target_length)
-    return {
-        "encoder_input_tokens": np.zeros(shape_in, np.int32),
-        "encoder_segment_ids": np.zeros(shape_in, np.int32),
-        "decoder_input_tokens": np.zeros(shape_tgt, np.int32),
-        "decoder_target_tokens": np.zeros(shape_tgt, np.int32),
-        "decoder_segment_ids": np.zeros(shape_tgt, np.int32),
-        "label_weights": np.zeros(shape_tgt, np.float32),
-        "rationale_weights": np.zeros(shape_tgt, np.float32),
-    }
 
 
 class TrainIterator:

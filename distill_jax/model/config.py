@@ -30,6 +30,9 @@ class T5Config:
     dtype: str = "float32"  # compute dtype; params are always float32
     scan_layers: bool = False
     remat_policy: str = "none"  # 'none' | 'minimal' (dots saveable) | 'full'
+    # 'xla': explicit einsum/softmax attention; 'dot_product': jax.nn.dot_product_attention
+    # (cuDNN flash attention on GPU where its limits hold; no attention-probability dropout).
+    attention: str = "xla"
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
@@ -44,12 +47,18 @@ class T5Config:
             raise UserError(
                 f"T5Config.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}"
             )
+        if self.attention not in ATTENTIONS:
+            raise UserError(
+                f"T5Config.attention={self.attention!r} (config field model.attention) is not "
+                f"one of {ATTENTIONS}"
+            )
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise UserError(f"T5Config.dtype={self.dtype!r} is not float32, bfloat16 or float16")
 
 
 FEED_FORWARD_PROJS = ("gated-gelu", "relu")
 REMAT_POLICIES = ("none", "minimal", "full")
+ATTENTIONS = ("xla", "dot_product")
 
 
 def _preset(d_model: int, d_ff: int, heads: int, layers: int, *, v1_0: bool) -> T5Config:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax.model.attention import Mask, dense_mask, fused_attention
 from distill_jax.model.config import T5Config
 
 Array = jax.Array
@@ -159,17 +160,24 @@ class RelativePositionBias(nn.Module):
         return jnp.take(table, buckets, axis=1)[None]  # [1, heads, q, k] float32
 
 
+def _heads_major(x: Array) -> Array:
+    """[b, length, heads, kv] -> [b, heads, length, kv]."""
+    return x.transpose(0, 2, 1, 3)
+
+
 class Attention(nn.Module):
     """Multi-head attention. `cache`: None (no cache), 'self' (append to a KV cache of
-    `cache_length` positions at `position`), or 'cross' (project the encoder output once)."""
+    `cache_length` positions at `position`), or 'cross' (project the encoder output once).
+    `causal`: also mask keys after the query (rows aligned at position 0)."""
 
     config: T5Config
     deterministic: bool
     cache: str | None = None
     cache_length: int = 0
+    causal: bool = False
 
     @nn.compact
-    def __call__(self, x_q, x_kv, bias, mask, position=None) -> Array:
+    def __call__(self, x_q, x_kv, bias, mask: Mask, position=None) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         d, h, k = cfg.d_model, cfg.num_heads, cfg.d_kv
         in_axes, out_axes = ("embed", "heads", "kv"), ("heads", "kv", "embed")
@@ -184,34 +192,50 @@ class Attention(nn.Module):
         )
         qkv_names = ("batch", "length", "heads", "kv")
         q = _constrain(query(x_q), qkv_names)  # [b, q, heads, kv]
+        # Caches are kept heads-major, [b, heads, length, kv]: the layout the score and value
+        # matmuls batch over, so a decode step reads them without transposing a copy.
+        cache_names = ("batch", "heads", "length", "kv")
+        heads_major = self.cache is not None
         if self.cache == "cross":
             # Encoder keys/values do not change while decoding: project them on the call that
             # creates the cache, then only read them.
-            keys = self.variable("cache", "cached_key", lambda: key(x_kv)).value
-            values = self.variable("cache", "cached_value", lambda: value(x_kv)).value
+            keys = self.variable("cache", "cached_key", lambda: _heads_major(key(x_kv))).value
+            values = self.variable("cache", "cached_value", lambda: _heads_major(value(x_kv))).value
         elif self.cache == "self":
-            shape = (x_q.shape[0], self.cache_length, h, k)
+            shape = (x_q.shape[0], h, self.cache_length, k)
             cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, dtype)
             cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, dtype)
-            start = (0, position, 0, 0)
-            cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key(x_kv), start)
-            cached_value.value = jax.lax.dynamic_update_slice(
-                cached_value.value, value(x_kv), start
+            start = (0, 0, position, 0)
+            cached_key.value = jax.lax.dynamic_update_slice(
+                cached_key.value, _heads_major(key(x_kv)), start
             )
-            keys, values = cached_key.value, cached_value.value  # [b, cache_length, heads, kv]
+            cached_value.value = jax.lax.dynamic_update_slice(
+                cached_value.value, _heads_major(value(x_kv)), start
+            )
+            keys, values = cached_key.value, cached_value.value  # [b, heads, cache_length, kv]
         else:
             keys, values = key(x_kv), value(x_kv)  # [b, k, heads, kv]
-        keys, values = _constrain(keys, qkv_names), _constrain(values, qkv_names)
+        kv_names = cache_names if heads_major else qkv_names
+        keys, values = _constrain(keys, kv_names), _constrain(values, kv_names)
+        k_len = keys.shape[2] if heads_major else keys.shape[1]
 
-        # No 1/sqrt(d_kv) scaling: T5 folds it into the query init.
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, keys).astype(jnp.float32)  # [b, h, q, k]
-        if bias is not None:
-            scores = scores + bias
-        if mask is not None:
-            scores = jnp.where(mask, scores, NEG_INF)
-        weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        weights = Dropout(cfg.dropout_rate)(weights, deterministic=self.deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, values)  # [b, q, heads, kv]
+        if cfg.attention == "dot_product":
+            if heads_major:  # the fused call takes [b, k, heads, kv]
+                keys, values = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)
+            # Fused kernels have no dropout on the attention probabilities.
+            out = fused_attention(q, keys, values, bias, mask, self.causal)
+        else:
+            kv = "bhkd" if heads_major else "bkhd"
+            # No 1/sqrt(d_kv) scaling: T5 folds it into the query init.
+            scores = jnp.einsum(f"bqhd,{kv}->bhqk", q, keys).astype(jnp.float32)  # [b,h,q,k]
+            if bias is not None:
+                scores = scores + bias
+            dense = dense_mask(mask, self.causal, q.shape[1], k_len)
+            if dense is not None:
+                scores = jnp.where(dense, scores, NEG_INF)
+            weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+            weights = Dropout(cfg.dropout_rate)(weights, deterministic=self.deterministic)
+            out = jnp.einsum(f"bhqk,{kv}->bqhd", weights, values)  # [b, q, heads, kv]
         out = _constrain(out, qkv_names)
         return Proj((h, k, d), out_axes, "blhk,hkd->bld", (h * k) ** -0.5, dtype, name="out")(out)
 
@@ -263,14 +287,20 @@ class DecoderLayer(nn.Module):
     deterministic: bool
     decode: bool = False
     cache_length: int = 0
+    causal: bool = False  # self-attention adds the causal mask itself ('dot_product' training)
 
     @nn.compact
-    def __call__(self, x, bias, mask, encoded, cross_mask, position):
+    def __call__(self, x, bias, mask: Mask, encoded, cross_mask: Mask, position):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         eps, det = cfg.layer_norm_epsilon, self.deterministic
         drop = Dropout(cfg.dropout_rate, deterministic=det)
         self_attn = Attention(
-            cfg, det, "self" if self.decode else None, self.cache_length, name="self_attention"
+            cfg,
+            det,
+            "self" if self.decode else None,
+            self.cache_length,
+            self.causal,
+            name="self_attention",
         )
         cross_attn = Attention(
             cfg, det, "cross" if self.decode else None, name="encoder_decoder_attention"
@@ -313,10 +343,13 @@ def _segment_mask(q_seg: Array, k_seg: Array) -> Array:
     return (same & (k_seg != 0)[:, None, :])[:, None]
 
 
-def _key_mask(tokens: Array, segment_ids: Array | None) -> Array:
-    """[b, 1, 1, k]: valid (non-padding) keys."""
+def _key_mask(tokens: Array, segment_ids: Array | None, fused: bool = False) -> Mask:
+    """Valid (non-padding) keys: dense [b, 1, 1, k], or for the fused path of unpacked rows
+    (right-padded) the lengths, which cuDNN takes without folding them into the bias."""
+    if fused and segment_ids is None:
+        return Mask(kv_lengths=(tokens != 0).sum(-1, dtype=jnp.int32))  # [b]
     valid = tokens != 0 if segment_ids is None else segment_ids != 0
-    return valid[:, None, None, :]
+    return Mask(dense=valid[:, None, None, :])
 
 
 class Encoder(nn.Module):
@@ -333,9 +366,9 @@ class Encoder(nn.Module):
         pos = jnp.arange(tokens.shape[1])
         bias = RelativePositionBias(cfg, True, name="relpos_bias")(pos, pos)  # [1, h, l, l]
         if segment_ids is None:
-            mask = _key_mask(tokens, None)
+            mask = _key_mask(tokens, None, cfg.attention == "dot_product")
         else:
-            mask = _segment_mask(segment_ids, segment_ids)
+            mask = Mask(dense=_segment_mask(segment_ids, segment_ids))
         kwargs = {"deterministic": deterministic}
         x = _run_layers(EncoderLayer, cfg, cfg.num_encoder_layers, kwargs, x, bias, mask)
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
@@ -364,13 +397,24 @@ class Decoder(nn.Module):
             q_pos, k_pos = q_pos + position, jnp.arange(cache_len)
         else:
             position, k_pos = None, q_pos
-        mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # causal [1, 1, l, k]
-        cross_mask = _key_mask(enc_tokens, enc_seg)  # [b, 1, 1, enc_len]
+        fused = cfg.attention == "dot_product"
+        causal = (k_pos[None, :] <= q_pos[:, None])[None, None]  # [1, 1, l, k]
+        cross_mask = _key_mask(enc_tokens, enc_seg, fused)  # [b, 1, 1, enc_len] or lengths
+        self_causal = False  # True: the attention call applies the causal mask itself
         if dec_seg is not None and not decode:  # packed rows
-            mask = mask & _segment_mask(dec_seg, dec_seg)
-            cross_mask = _segment_mask(dec_seg, enc_seg)
+            mask = Mask(dense=causal & _segment_mask(dec_seg, dec_seg))
+            cross_mask = Mask(dense=_segment_mask(dec_seg, enc_seg))
+        elif fused and not decode:
+            mask, self_causal = Mask(), True  # cuDNN's causal mode skips the masked tiles
+        else:
+            mask = Mask(dense=causal)
         bias = RelativePositionBias(cfg, False, name="relpos_bias")(q_pos, k_pos)
-        kwargs = {"deterministic": deterministic, "decode": decode, "cache_length": cache_len}
+        kwargs = {
+            "deterministic": deterministic,
+            "decode": decode,
+            "cache_length": cache_len,
+            "causal": self_causal,
+        }
         x = _run_layers(
             DecoderLayer, cfg, cfg.num_decoder_layers, kwargs, x, bias, mask, encoded,
             cross_mask, position,

@@ -104,6 +104,7 @@ def build_model_config(config, tokenizer: Tokenizer, pretrained_cfg=None):
         # Round the embedding up to a multiple of 128: TPU/GPU friendly, and spare rows are inert.
         cfg = dataclasses.replace(cfg, vocab_size=-(-tokenizer.vocab_size // 128) * 128)
     overrides = dict(dtype=dtype, scan_layers=m.scan_layers, remat_policy=m.remat_policy)
+    overrides["attention"] = m.get("attention", "xla")
     if m.dropout_rate is not None:
         overrides["dropout_rate"] = float(m.dropout_rate)
     if cfg.vocab_size < tokenizer.vocab_size:
