@@ -234,12 +234,13 @@ def aggregate(config, overrides: dict, cells: list[Cell], workdir: pathlib.Path)
 
 def figure_data(rows: list[dict]) -> dict:
     """Accuracy vs training fraction: one line per setting of the non-fraction row fields."""
+    # Label a line by the fields that tell lines apart (a field fixed over the rows says nothing).
+    keys = [k for k in (rows[0]["settings"] if rows else {}) if k != "data.subsample"]
+    keys = [k for k in keys if len({format_value(r["settings"][k]) for r in rows}) > 1]
     lines: dict[str, dict] = {}
     for row in sorted(rows, key=lambda r: r["subsample"]):
         label = ", ".join(
-            f"{k.rsplit('.', 1)[-1]}={format_value(v)}"
-            for k, v in row["settings"].items()
-            if k != "data.subsample"
+            f"{k.rsplit('.', 1)[-1]}={format_value(row['settings'][k])}" for k in keys
         )
         line = lines.setdefault(label or "run", {"x": [], "mean": [], "std": [], "n": []})
         line["x"].append(row["subsample"])
