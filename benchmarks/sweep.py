@@ -352,6 +352,9 @@ def main(argv: Sequence[str], runner: Runner = subprocess_runner) -> int:
         field, _, value = flag[len("--config.") :].partition("=")
         overrides[field] = parse_value(config, field, value, flag)
     cells = expand(parse_grid(config, axes))
+    both = sorted(set(overrides) & {f for f, _ in cells[0].settings})
+    if both:
+        raise UserError(f"--config.{both[0]} is also a --grid field; give it in one place")
     from distill_jax.train import setup  # jax: only once the command line is known to be good
 
     for cell in cells:  # every cell's config checked before any trains

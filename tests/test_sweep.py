@@ -148,6 +148,8 @@ def test_failed_cell_exit_status_and_bad_override(tmp_path, capsys):
         UserError, match="cell seed=0,train.model_type=bogus: config field train.model_type="
     ):
         sweep.main([*argv, "--grid=train.model_type=bogus"], runner=lambda cmd, log: 0)
+    with pytest.raises(UserError, match="--config.seed is also a --grid field"):
+        sweep.main([*argv, "--config.seed=3"], runner=lambda cmd, log: 0)
 
 
 def test_report_aggregates_over_seeds_and_skips_unfinished(tmp_path):
