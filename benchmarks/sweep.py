@@ -31,6 +31,7 @@ import itertools
 import json
 import pathlib
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -173,13 +174,23 @@ def summary_of(cell_dir: pathlib.Path) -> dict | None:
 def subprocess_runner(cmd: list[str], log: pathlib.Path) -> int:
     """Runs one cell's launch.py, its output appended to `log`."""
     with open(log, "a") as out:
-        return subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        # A SIGTERM to the sweep alone (a scheduler's preemption) reaches the cell, which
+        # checkpoints and exits with the preempted status; the sweep then stops.
+        previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+        try:
+            return proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_cells(
     spec: str, workdir: pathlib.Path, cells: list[Cell], extra: list[str], runner: Runner
-) -> list[str]:
-    """Trains every unfinished cell in turn; returns the names of the cells that failed."""
+) -> tuple[list[str], bool]:
+    """Trains every unfinished cell in turn; returns the names of the cells that failed, and
+    whether a cell was preempted (then the remaining cells are left for the rerun)."""
+    from distill_jax.train.loop import PREEMPTED_EXIT_CODE
+
     failed = []
     for i, cell in enumerate(cells):
         cell_dir = workdir / cell.name
@@ -191,10 +202,13 @@ def run_cells(
         cmd += [f"--workdir={cell_dir}", *extra, *cell.flags()]
         print(f"[{i + 1}/{len(cells)}] {cell.name}: training", flush=True)
         code = runner(cmd, cell_dir / "sweep.log")
+        if code == PREEMPTED_EXIT_CODE:
+            print("  preempted: rerun the same command to resume", flush=True)
+            return failed, True
         if code != 0:
             print(f"  exit {code}; see {cell_dir / 'sweep.log'}", flush=True)
             failed.append(cell.name)
-    return failed
+    return failed, False
 
 
 def _stat(values: list[float]) -> dict[str, float | None]:
@@ -355,7 +369,9 @@ def main(argv: Sequence[str], runner: Runner = subprocess_runner) -> int:
     both = sorted(set(overrides) & {f for f, _ in cells[0].settings})
     if both:
         raise UserError(f"--config.{both[0]} is also a --grid field; give it in one place")
-    from distill_jax.train import setup  # jax: only once the command line is known to be good
+    # jax: only once the command line is known to be good
+    from distill_jax.train import setup
+    from distill_jax.train.loop import PREEMPTED_EXIT_CODE
 
     for cell in cells:  # every cell's config checked before any trains
         try:
@@ -364,9 +380,9 @@ def main(argv: Sequence[str], runner: Runner = subprocess_runner) -> int:
             raise UserError(f"cell {cell.name}: {e}") from None
     workdir = pathlib.Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    failed = []
+    failed, preempted = [], False
     if not args.report_only:
-        failed = run_cells(spec, workdir, select(cells, args.cell), extra, runner)
+        failed, preempted = run_cells(spec, workdir, select(cells, args.cell), extra, runner)
     report = aggregate(config, overrides, cells, workdir)
     report.update(config=spec, overrides=extra, grid=axes)
     write_report(report, workdir)
@@ -374,7 +390,7 @@ def main(argv: Sequence[str], runner: Runner = subprocess_runner) -> int:
     print(f"report: {workdir / 'report.md'}, .json, .png", flush=True)
     if failed:
         print(f"{len(failed)} cell(s) failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    return PREEMPTED_EXIT_CODE if preempted else 1 if failed else 0
 
 
 if __name__ == "__main__":

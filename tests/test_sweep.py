@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
+import signal
 import statistics
 import subprocess
 import sys
@@ -142,6 +143,10 @@ def test_failed_cell_exit_status_and_bad_override(tmp_path, capsys):
     argv = [f"--config={CONFIG}", f"--workdir={tmp_path}", "--grid=seed=0"]
     assert sweep.main(argv, runner=lambda cmd, log: 1) == 1
     assert "1 cell(s) failed: seed=0" in capsys.readouterr().err
+    calls = []
+    two = [f"--config={CONFIG}", f"--workdir={tmp_path}", "--grid=seed=4,5"]
+    assert sweep.main(two, runner=lambda cmd, log: calls.append(cmd) or 143) == 143
+    assert len(calls) == 1  # preempted: the next cell waits for the rerun
     with pytest.raises(UserError, match="--config.train.max_step=5: no such config field"):
         sweep.main([*argv, "--config.train.max_step=5"], runner=lambda cmd, log: 0)
     with pytest.raises(
@@ -239,3 +244,22 @@ def test_tiny_runlocal_grid_end_to_end(tmp_path):
     )
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and rerun.stdout.count("finished, skipped") == 2
+
+
+def test_sigterm_to_the_sweep_reaches_the_running_cell(tmp_path):
+    log = tmp_path / "cell.log"
+    child = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    sweep_side = (
+        f"import sys, pathlib; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import sweep; "
+        f"sys.exit(sweep.subprocess_runner([sys.executable, '-c', {child!r}], "
+        f"pathlib.Path({str(log)!r})))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", sweep_side], cwd=ROOT)
+    launch_util.wait_for(
+        lambda: log.exists() and "ready" in log.read_text(), timeout=60, procs=[proc], what="cell"
+    )
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143  # the cell's own (preempted) status, passed up
