@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import importlib.util
 import itertools
 import json
@@ -198,10 +199,16 @@ def run_cells(
             print(f"[{i + 1}/{len(cells)}] {cell.name}: finished, skipped", flush=True)
             continue
         cell_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, str(ROOT / "launch.py"), f"--config={spec}"]
-        cmd += [f"--workdir={cell_dir}", *extra, *cell.flags()]
-        print(f"[{i + 1}/{len(cells)}] {cell.name}: training", flush=True)
-        code = runner(cmd, cell_dir / "sweep.log")
+        with open(cell_dir / "sweep.lock", "w") as lock:
+            try:  # held while the cell trains; the OS drops it if this process dies
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"[{i + 1}/{len(cells)}] {cell.name}: running in another sweep", flush=True)
+                continue
+            cmd = [sys.executable, str(ROOT / "launch.py"), f"--config={spec}"]
+            cmd += [f"--workdir={cell_dir}", *extra, *cell.flags()]
+            print(f"[{i + 1}/{len(cells)}] {cell.name}: training", flush=True)
+            code = runner(cmd, cell_dir / "sweep.log")
         if code == PREEMPTED_EXIT_CODE:
             print("  preempted: rerun the same command to resume", flush=True)
             return failed, True

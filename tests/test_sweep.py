@@ -3,6 +3,7 @@ report over seeds (from fabricated summaries), and one tiny real grid end to end
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import pathlib
@@ -131,6 +132,11 @@ def test_finished_cells_are_not_rerun_and_cell_selector_applies(tmp_path):
     ]
     assert calls[0][4:] == ["--config.train.max_steps=5", "--config.seed=1"]
     assert sweep.main(argv, runner=runner) == 0  # all finished now
+    assert len(calls) == 3
+    write_summary(work / "seed=3", 0.5, 0.5, preempted=True)
+    with open(work / "seed=3" / "sweep.lock", "w") as held:  # another sweep trains seed=3
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert sweep.main(argv, runner=runner) == 0
     assert len(calls) == 3
     calls.clear()
     write_summary(work / "seed=2", 0.5, 0.5, preempted=True)
