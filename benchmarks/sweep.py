@@ -47,7 +47,7 @@ import paper  # noqa: E402 (benchmarks/paper.py, beside this file)
 from distill_jax.errors import UserError  # noqa: E402
 
 SEED = "seed"
-METRICS = ("test_accuracy", "best_valid_accuracy", "steps", "wall_time_s")
+METRICS = ("test_accuracy", "best_valid_accuracy", "steps", "wall_time_s", "examples_per_s")
 Runner = Callable[[list[str], pathlib.Path], int]  # (command, log file) -> exit status
 
 
@@ -219,6 +219,9 @@ def run_cells(
 
 
 def _stat(values: list[float]) -> dict[str, float | None]:
+    """Mean and sample std (None for one value; both None for none)."""
+    if not values:
+        return {"mean": None, "std": None}
     return {
         "mean": statistics.fmean(values),
         "std": statistics.stdev(values) if len(values) > 1 else None,
@@ -282,7 +285,8 @@ def markdown(report: dict) -> str:
     """The report's table: one row per setting, mean ± std over the seeds that finished."""
     rows = report["rows"]
     fields = list(rows[0]["settings"]) if rows else []
-    head = [*fields, "seeds", "test acc %", "best valid %", "steps", "wall min", "paper test %"]
+    head = [*fields, "seeds", "test acc %", "best valid %", "steps", "wall min", "train ex/s"]
+    head.append("paper test %")
     lines = [
         f"{report['finished']} of {report['cells']} cells finished; mean ± sample std over seeds.",
         "",
@@ -294,6 +298,7 @@ def markdown(report: dict) -> str:
         cols.append(str(row["n"]))
         cols += [_pm(row["test_accuracy"]), _pm(row["best_valid_accuracy"])]
         cols += [_pm(row["steps"], 1.0, 0), _pm(row["wall_time_s"], 1 / 60, 1)]
+        cols.append(_pm(row["examples_per_s"], 1.0, 1))
         p = row["paper_test_accuracy"]
         cols.append("-" if p is None else f"{p * 100:.1f}")
         lines.append("| " + " | ".join(cols) + " |")

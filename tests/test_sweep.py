@@ -105,7 +105,7 @@ def test_cell_selector_takes_every_nth():
 def write_summary(cell_dir: pathlib.Path, test: float, valid: float, preempted=False, **kw):
     cell_dir.mkdir(parents=True, exist_ok=True)
     summary = {"test_accuracy": test, "best_valid_accuracy": valid, "steps": 100}
-    summary.update(wall_time_s=60.0, preempted=preempted, **kw)
+    summary.update(wall_time_s=60.0, examples_per_s=50.0, preempted=preempted, **kw)
     (cell_dir / "summary.json").write_text(json.dumps(summary))
 
 
@@ -207,7 +207,7 @@ def test_report_aggregates_over_seeds_and_skips_unfinished(tmp_path):
     ]
     md = (work / "report.md").read_text()
     assert "10 of 12 cells finished" in md
-    assert "| standard | 0.5 | 3 | 18.3 ± 10.4 | 19.3 ± 10.4 | 10 ± 0 | 1.0 ± 0.0 | - |" in md
+    assert "| standard | 0.5 | 3 | 18.3 ± 10.4 | 19.3 ± 10.4 | 10 ± 0 | 1.0 ± 0.0 | 50.0 ± 0.0 | - |" in md
     png = (work / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
