@@ -163,7 +163,10 @@ def test_failed_cell_exit_status_and_bad_override(tmp_path, capsys):
         sweep.main([*argv, "--config.seed=3"], runner=lambda cmd, log: 0)
 
 
-def test_report_aggregates_over_seeds_and_skips_unfinished(tmp_path):
+def test_report_aggregates_over_seeds_and_skips_unfinished(tmp_path, monkeypatch):
+    # A published number for one cell (runlocal: generic data, t5-v1_1-tiny, gt labels).
+    paper_key = ("generic", "t5-v1_1-tiny", "task_prefix", "gt", 0.5)
+    monkeypatch.setitem(sweep.paper.PAPER_ACCURACY, paper_key, 0.625)
     work = tmp_path / "w"
     grid = ["--grid=train.model_type=standard,task_prefix", "--grid=data.subsample=0.5,1.0"]
     grid.append("--grid=seed=0,1,2")
@@ -195,7 +198,7 @@ def test_report_aggregates_over_seeds_and_skips_unfinished(tmp_path):
         assert row["test_accuracy"]["std"] == pytest.approx(statistics.stdev(values))
         assert row["best_valid_accuracy"]["mean"] == pytest.approx(statistics.mean(values) + 0.01)
         assert row["steps"] == {"mean": 10.0, "std": 0.0}
-        assert row["paper_test_accuracy"] is None
+        assert row["paper_test_accuracy"] == (0.625 if (mt, sub) == paper_key[2::2] else None)
     # standard at 0.5: seeds 0,1,2 -> 0.1, 0.15, 0.3: mean 0.18333, stdev 0.10408
     assert rows["standard", 0.5]["test_accuracy"]["mean"] == pytest.approx(0.183333, abs=1e-5)
     assert rows["standard", 0.5]["test_accuracy"]["std"] == pytest.approx(0.104083, abs=1e-5)
@@ -207,7 +210,11 @@ def test_report_aggregates_over_seeds_and_skips_unfinished(tmp_path):
     ]
     md = (work / "report.md").read_text()
     assert "10 of 12 cells finished" in md
-    assert "| standard | 0.5 | 3 | 18.3 ± 10.4 | 19.3 ± 10.4 | 10 ± 0 | 1.0 ± 0.0 | 50.0 ± 0.0 | - |" in md
+    assert (
+        "| standard | 0.5 | 3 | 18.3 ± 10.4 | 19.3 ± 10.4 | 10 ± 0 | 1.0 ± 0.0 | 50.0 ± 0.0 | - |"
+        in md
+    )
+    assert "| task_prefix | 0.5 | 3 |" in md and md.count("| 62.5 |") == 1
     png = (work / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
