@@ -205,6 +205,8 @@ def run_cells(
             except BlockingIOError:
                 print(f"[{i + 1}/{len(cells)}] {cell.name}: running in another sweep", flush=True)
                 continue
+            if summary_of(cell_dir) is not None:  # another sweep finished it just now
+                continue
             cmd = [sys.executable, str(ROOT / "launch.py"), f"--config={spec}"]
             cmd += [f"--workdir={cell_dir}", *extra, *cell.flags()]
             print(f"[{i + 1}/{len(cells)}] {cell.name}: training", flush=True)
