@@ -123,12 +123,8 @@ def parse_grid(config, axes: Sequence[str]) -> list[list[tuple[tuple[str, Any], 
             parts = point.split("+") if len(fields) > 1 else [point]
             if len(parts) != len(fields):
                 raise UserError(f"{where}: '{point}' gives {len(parts)} values for {fields}")
-            points.append(
-                tuple(
-                    (f, parse_value(config, f, v, where))
-                    for f, v in zip(fields, parts, strict=True)
-                )
-            )
+            values = [parse_value(config, f, v, where) for f, v in zip(fields, parts, strict=True)]
+            points.append(tuple(zip(fields, values, strict=True)))
         out.append(points)
     seen = [f for axis in out for f, _ in axis[0]]
     if len(seen) != len(set(seen)):
@@ -224,10 +220,8 @@ def _stat(values: list[float]) -> dict[str, float | None]:
     """Mean and sample std (None for one value; both None for none)."""
     if not values:
         return {"mean": None, "std": None}
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else None,
-    }
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std}
 
 
 def aggregate(config, overrides: dict, cells: list[Cell], workdir: pathlib.Path) -> dict:
@@ -316,14 +310,8 @@ def plot(report: dict, path: pathlib.Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for label, line in report["figure"]["lines"].items():
-        ax.errorbar(
-            [x * 100 for x in line["x"]],
-            [m * 100 for m in line["mean"]],
-            yerr=[s * 100 for s in line["std"]],
-            marker="o",
-            capsize=3,
-            label=label,
-        )
+        x, y, err = ([v * 100 for v in line[k]] for k in ("x", "mean", "std"))
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
     ax.set_xlabel("training data (% of the training split)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
