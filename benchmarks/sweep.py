@@ -256,13 +256,14 @@ def figure_data(rows: list[dict]) -> dict:
     """Accuracy vs training fraction: one line per setting of the non-fraction row fields."""
     # Label a line by the fields that tell lines apart (a field fixed over the rows says nothing).
     keys = [k for k in (rows[0]["settings"] if rows else {}) if k != "data.subsample"]
-    keys = [k for k in keys if len({format_value(r["settings"][k]) for r in rows}) > 1]
+    keys = [k for k in keys if len({format_value(r["settings"][k]) for r in rows}) > 1] or keys
     lines: dict[str, dict] = {}
     for row in sorted(rows, key=lambda r: r["subsample"]):
         label = ", ".join(
             f"{k.rsplit('.', 1)[-1]}={format_value(row['settings'][k])}" for k in keys
         )
-        line = lines.setdefault(label or "run", {"x": [], "mean": [], "std": [], "n": []})
+        line = lines.setdefault(label or "run", {k: [] for k in ("x", "mean", "std", "n", "paper")})
+        line["paper"].append(row["paper_test_accuracy"])
         line["x"].append(row["subsample"])
         line["mean"].append(row["test_accuracy"]["mean"])
         line["std"].append(row["test_accuracy"]["std"] or 0.0)
@@ -311,7 +312,17 @@ def plot(report: dict, path: pathlib.Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for label, line in report["figure"]["lines"].items():
         x, y, err = ([v * 100 for v in line[k]] for k in ("x", "mean", "std"))
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+        drawn = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+        pairs = zip(line["x"], line["paper"], strict=True)
+        paper_xy = [(f * 100, p * 100) for f, p in pairs if p is not None]
+        if paper_xy:  # the paper's numbers for the same cells, dashed in the same colour
+            px, py = zip(*paper_xy, strict=True)
+            color = drawn.lines[0].get_color()
+            ax.plot(px, py, "s--", mfc="none", color=color, label=f"{label} (paper)")
+    xs = sorted({x * 100 for line in report["figure"]["lines"].values() for x in line["x"]})
+    ax.set_xticks(xs or [100])
+    ax.set_xlim(0, 105)
+    ax.set_ylim(0, 100)
     ax.set_xlabel("training data (% of the training split)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)

@@ -205,6 +205,7 @@ def test_report_aggregates_over_seeds_and_skips_unfinished(tmp_path, monkeypatch
     lines = report["figure"]["lines"]
     assert set(lines) == {"model_type=standard", "model_type=task_prefix"}
     assert lines["model_type=task_prefix"]["x"] == [0.5, 1.0]
+    assert lines["model_type=task_prefix"]["paper"] == [0.625, None]  # drawn beside ours
     assert lines["model_type=standard"]["mean"] == [
         pytest.approx(rows["standard", s]["test_accuracy"]["mean"]) for s in (0.5, 1.0)
     ]
