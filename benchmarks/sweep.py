@@ -371,8 +371,8 @@ def main(argv: Sequence[str], runner: Runner = subprocess_runner) -> int:
         preset_spec, preset_axes = paper.PRESETS[args.preset]
         spec = spec or preset_spec
         axes = [f"{f}={v}" for f, v in preset_axes] + axes
-    if not spec:
-        raise UserError("--config (or --preset) is required")
+    if not spec or not axes:
+        raise UserError("--config and at least one --grid (or a --preset) are required")
     config = load_config(spec)
     overrides = {}
     for flag in extra:

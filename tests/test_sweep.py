@@ -159,6 +159,8 @@ def test_failed_cell_exit_status_and_bad_override(tmp_path, capsys):
         UserError, match="cell seed=0,train.model_type=bogus: config field train.model_type="
     ):
         sweep.main([*argv, "--grid=train.model_type=bogus"], runner=lambda cmd, log: 0)
+    with pytest.raises(UserError, match="at least one --grid"):
+        sweep.main([f"--config={CONFIG}", f"--workdir={tmp_path}"], runner=lambda cmd, log: 0)
     with pytest.raises(UserError, match="--config.seed is also a --grid field"):
         sweep.main([*argv, "--config.seed=3"], runner=lambda cmd, log: 0)
 
