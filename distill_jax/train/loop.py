@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from distill_jax import sharding
-from distill_jax.data import packing, pipeline, sources
+from distill_jax.data import pipeline, sources
 from distill_jax.errors import UserError
 from distill_jax.train import checkpoint, evaluate, logger, model_setup, perf, setup
 from distill_jax.train.state import learning_rate_schedule, make_optimizer
@@ -138,7 +138,7 @@ def train_and_evaluate(
         row_multiple=sharding.batch_axis_size(mesh),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        attention_length=packing.attention_length(model.config, jax.default_backend()),
+        attention_length=perf.cost_model(model.config, jax.default_backend()).attention_length,
     )
     logging.info(
         "packed rows: %d encoder x %d decoder tokens",
