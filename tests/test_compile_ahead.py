@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from distill_jax.train import loop
@@ -51,9 +52,14 @@ def test_every_train_shape_is_compiled_before_step_1(tmp_path, monkeypatch):
     events: list = []
     jit = loop.jit_train_step
     monkeypatch.setattr(loop, "jit_train_step", lambda *a, **k: _Recorder(jit(*a, **k), events))
-    data_dir = fixtures.write_generic_fixture(tmp_path / "data", n_train=40)
-    config = tiny_config(data_dir, mesh=(1, 1, 1), max_steps=8)
-    config.data.row_bucket = 1  # row counts vary from step to step
+    # Inputs and rationales of 2-30 words: the rows a step needs vary from step to step.
+    rng = np.random.default_rng(0)
+    words = lambda: " ".join(rng.choice(["alpha", "beta", "gamma", "delta"], rng.integers(2, 31)))
+    records = [{"input": words(), "label": "beta", "rationale": words()} for _ in range(60)]
+    for split, part in (("train", records[:40]), ("valid", records[40:50]), ("test", records[50:])):
+        fixtures.write_generic_file(tmp_path / "data" / "generic" / f"generic_{split}.json", part)
+    config = tiny_config(tmp_path / "data", max_steps=8)
+    config.data.row_bucket = 4
     config.checkpoint.every_steps = 100
     summary = loop.train_and_evaluate(config, tmp_path / "run")
     steps = [rows for kind, rows in events if kind == "step"]

@@ -164,11 +164,8 @@ class _Run:
             self.train_data.set_state(data_state)
         self.writer = writer = logger.MetricsWriter(workdir, tensorboard=config.logging.tensorboard)
         writer.drop_after(self.start_step)
-        if (
-            self.start_step == 0
-            and config.data.label_type == "llm"
-            and config.data.name != "generic"
-        ):
+        llm_labels = config.data.label_type == "llm" and config.data.name != "generic"
+        if self.start_step == 0 and llm_labels:
             for split in ("train", "test"):
                 acc = sources.llm_label_accuracy(splits[split], config.data.name)
                 writer.write({"step": 0, "split": split, "llm_label_accuracy": acc})
@@ -210,12 +207,9 @@ class _Run:
         t0 = time.perf_counter()
         needed = data.needed_row_counts(t.max_steps)  # all steps: a resume picks the same
         data.fix_row_counts(packing.choose_row_counts(needed, self.cost.compile_steps))
-        logging.info(
-            "packed rows of %d encoder x %d decoder tokens; {rows per micro-batch: steps} "
-            "needed %s (planned in %.1f s); compiling %s",
-            data.pack_input_length, data.pack_target_length, needed, time.perf_counter() - t0,
-            data.shapes,
-        )  # fmt: skip
+        logging.info("rows of %d/%d tokens; {rows per micro-batch: steps} %s (planned in %.1f s); "
+                     "compiling %s", data.pack_input_length, data.pack_target_length, needed,
+                     time.perf_counter() - t0, data.shapes)  # fmt: skip
         step_fn = jit_train_step(
             self.ms.model,
             self.ms.tx,
