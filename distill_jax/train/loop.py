@@ -36,9 +36,7 @@ class TrainingDiverged(UserError):
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks at step boundaries."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
+    requested, _previous = False, None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -63,17 +61,15 @@ class _Preemption:
         return bool(np.any(flags))
 
 
-def _prefetch(batches, steps: range, put, meter: perf.Throughput, depth: int = 2):
-    """Yields (step, device batch) for `steps`, built and transferred `depth` ahead on one thread.
-
-    One thread (the iterator builds on `next`, no grain thread): on a small CPU every extra
-    busy thread takes a core from XLA. `meter` gets each batch's host seconds (build and
-    transfer) and the seconds the loop waited for it.
-    """
+def _prefetch(batches, steps: range, batch_sharding, meter: perf.Throughput, depth: int = 2):
+    """Yields (step, global batch) for `steps`, built and transferred `depth` ahead on one
+    thread (no grain thread too: on a small CPU each busy thread takes a core from XLA);
+    `meter` gets each batch's host seconds and the seconds the loop waited for it."""
+    put = lambda v: jax.make_array_from_process_local_data(batch_sharding, v)
 
     def build():
         t0 = time.perf_counter()
-        return put(next(batches)), time.perf_counter() - t0
+        return {k: put(v) for k, v in next(batches).items()}, time.perf_counter() - t0
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         ahead = collections.deque(pool.submit(build) for _ in steps[:depth])
@@ -197,19 +193,15 @@ class _Run:
         self.run_eval = run_eval
 
     def compile_ahead(self) -> None:
-        """Compiles the step for every row count the run will use, before step 1.
-
-        Each step's plan is a pure function of (seed, step), so the rows every step needs are
-        known up front (the same on every process); `packing.choose_row_counts` weighs the
-        padding of fewer shapes against the price of more compilations.
-        """
+        """Compiles the step for every row count the run uses, before step 1: plans are pure
+        functions of (seed, step), so the rows each step needs are known (on every process);
+        `packing.choose_row_counts` weighs padding against more compilations."""
         t, data = self.config.train, self.train_data
-        t0 = time.perf_counter()
+        lengths, t0 = (data.pack_input_length, data.pack_target_length), time.perf_counter()
         needed = data.needed_row_counts(t.max_steps)  # all steps: a resume picks the same
         data.fix_row_counts(packing.choose_row_counts(needed, self.cost.compile_steps))
-        logging.info("rows of %d/%d tokens; {rows per micro-batch: steps} %s (planned in %.1f s); "
-                     "compiling %s", data.pack_input_length, data.pack_target_length, needed,
-                     time.perf_counter() - t0, data.shapes)  # fmt: skip
+        logging.info("rows of %s tokens, {rows: steps} %s (planned in %.1f s); compiling %s",
+                     lengths, needed, time.perf_counter() - t0, data.shapes)  # fmt: skip
         step_fn = jit_train_step(
             self.ms.model,
             self.ms.tx,
@@ -221,18 +213,11 @@ class _Run:
         )
         abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.batch_sharding)
         for rows in data.shapes:
-            empty = pipeline.empty_batch(
-                t.grad_steps, rows, data.pack_input_length, data.pack_target_length
-            )
-            compiled = step_fn.lower(self.state, jax.tree.map(abstract, empty), self.rng).compile()
+            batch = pipeline.empty_batch(t.grad_steps, rows, *lengths)
+            compiled = step_fn.lower(self.state, jax.tree.map(abstract, batch), self.rng).compile()
             checkpoint.log_memory(compiled)
             self.meter.set_flops(perf.compiled_flops(compiled), rows)
             self.steps[rows] = compiled
-
-    def put(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """This process's rows -> global arrays sharded over the batch axes."""
-        put = lambda v: jax.make_array_from_process_local_data(self.batch_sharding, v)
-        return {k: put(v) for k, v in local_batch.items()}
 
     def train(self, preemption: _Preemption, stop_at_step: int | None) -> int | None:
         """Steps to train.max_steps; returns the step it stopped (and saved) at if preempted."""
@@ -240,9 +225,8 @@ class _Run:
         progress = perf.progress_bar(c.logging.progress_bar, initial=start, total=t.max_steps)
         saved_step = start
         self.meter.reset()
-        for step, batch in _prefetch(
-            self.train_data, range(start, t.max_steps), self.put, self.meter
-        ):
+        steps = range(start, t.max_steps)
+        for step, batch in _prefetch(self.train_data, steps, self.batch_sharding, self.meter):
             rows = batch["encoder_input_tokens"].shape[1]
             self.state, self.metrics = self.steps[rows](self.state, batch, self.rng)
             self.meter.count(rows)
