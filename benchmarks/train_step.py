@@ -35,7 +35,6 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from benchmarks import common  # noqa: E402
 from configs.base import get_base_config  # noqa: E402
 from distill_jax import sharding  # noqa: E402
-from distill_jax.data import packing  # noqa: E402
 from distill_jax.model.config import T5Config, get_preset  # noqa: E402
 from distill_jax.model.t5 import T5  # noqa: E402
 from distill_jax.train import perf  # noqa: E402
@@ -182,7 +181,7 @@ def main(argv=None) -> dict:
     )
     pairs = common.synthetic_pairs(args.batch_size, cfg.vocab_size, args.seed, **lengths)
     pool = common.synthetic_pairs(512, cfg.vocab_size, args.seed + 1, **lengths)
-    attention_length = packing.attention_length(cfg, jax.default_backend())
+    attention_length = perf.cost_model(cfg, jax.default_backend()).attention_length
     pack_in, pack_tgt = common.pack_lengths(
         pool, args.batch_size, args.grad_steps, row_multiple, attention_length
     )

@@ -8,7 +8,6 @@ import pytest
 
 from distill_jax.data import packing, pipeline
 from distill_jax.errors import UserError
-from distill_jax.model.config import get_preset
 
 PREDICT, EXPLAIN = 200, 201
 
@@ -321,19 +320,3 @@ def test_eval_batches_cover_all_examples_once_across_processes():
     from_records = list(evs.batches(8))
     for a, b in zip(from_texts, from_records, strict=True):
         np.testing.assert_array_equal(a["encoder_input_tokens"], b["encoder_input_tokens"])
-
-
-def test_attention_length_prices_attention_higher_on_cpu():
-    small = get_preset("t5-v1_1-small")  # dense 4*512*384 + 3*512*1024 per token, width 384
-    assert packing.attention_length(small, "gpu") == 3072
-    assert packing.attention_length(small, "cpu") == 3072 / packing.CPU_ATTENTION_COST
-    # CQA-like lengths: inputs 60-150, labels 2-6, rationales 20-120 (pairs of each example
-    # adjacent). Pricing attention higher must pick shorter rows (measured faster on CPU).
-    rng = np.random.default_rng(0)
-    inputs = rng.integers(60, 151, 512)
-    enc = np.repeat(inputs, 2)
-    dec = np.stack([rng.integers(2, 7, 512), rng.integers(20, 121, 512)], axis=1).reshape(-1)
-    kw = dict(pairs_per_example=2, examples_per_micro_batch=16, grad_steps=1)
-    gpu = packing.choose_pack_spec(enc, dec, **kw, attention_length=3072)
-    cpu = packing.choose_pack_spec(enc, dec, **kw, attention_length=512)
-    assert cpu.input_length < gpu.input_length, (cpu, gpu)

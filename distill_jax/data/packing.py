@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -143,29 +143,6 @@ def step_rows(
     return rows, total // grad_steps
 
 
-# How much more a token's attention costs on CPU than its FLOPs say, relative to the dense layers:
-# the [rows, heads, L, L] float32 passes (bias, mask, softmax, dropout, the bias gradient) are
-# memory-bound there. Calibrated on t5-v1_1-small, batch 16, CQA-like lengths (BENCHMARKS.md).
-CPU_ATTENTION_COST = 6.0
-
-
-def attention_length(model_config: Any, platform: str) -> float:
-    """Row length at which a token's attention costs as much as its dense layers.
-
-    `model_config` has T5Config's dims. Per token and layer, the dense layers do
-    4 * d_model * width (query, key, value, out; width = num_heads * d_kv) plus
-    (3 if gated else 2) * d_model * d_ff multiply-adds, and attention over a row of L tokens
-    2 * L * width (scores, weighted values). So L = dense / (2 * width): 3072 for
-    t5-v1_1-small, 640 for the demo's tiny model; on CPU divided by CPU_ATTENTION_COST.
-    """
-    c = model_config
-    width = c.num_heads * c.d_kv
-    gated = c.feed_forward_proj.startswith("gated")
-    dense = 4 * c.d_model * width + (3 if gated else 2) * c.d_model * c.d_ff
-    balance = dense / (2 * width)
-    return balance / CPU_ATTENTION_COST if platform == "cpu" else balance
-
-
 def choose_pack_spec(
     enc_lengths: np.ndarray,
     dec_lengths: np.ndarray,
@@ -188,7 +165,7 @@ def choose_pack_spec(
     together. Each candidate packs the same few random steps (fixed seed: identical on every
     process) and the least estimated compute wins: slots weighted by 1 + attended length /
     `attention_length` (the row length at which attention costs about as much as the dense
-    layers, `attention_length()`), so longer rows must save real padding.
+    layers; the trainer's cost model gives it), so longer rows must save real padding.
     Row counts round up to `row_bucket` (0: ~5% of the rows, a multiple of `row_multiple`).
     """
     mean_enc, mean_dec = float(np.mean(enc_lengths)), float(np.mean(dec_lengths))
@@ -249,6 +226,33 @@ def choose_pack_spec(
     rows = sum(max(n, floor) for n in needed)
     slots = grad_steps * rows * (spec.input_length + spec.target_length)
     return dataclasses.replace(spec, min_rows=floor, estimated_padding=1.0 - real / slots)
+
+
+def choose_row_counts(needed: Mapping[int, int], compile_steps: float) -> tuple[int, ...]:
+    """The row counts to compile, given how many steps need each: {rows: steps}.
+
+    Every step then runs at the smallest chosen count that holds it (the largest needed count
+    is always chosen). Minimises padding rows plus compilations, one compilation priced at
+    `compile_steps` steps of the largest shape (the trainer's cost model): a short run pads
+    all its steps to one shape, a long one keeps the counts that many steps use. Exact
+    dynamic programme over the sorted counts (there are few).
+    """
+    counts = sorted(needed)
+    if not counts:
+        return ()
+    price = compile_steps * counts[-1]  # in row-steps
+    steps = np.cumsum([0] + [needed[c] for c in counts])
+    # best[j]: cost of counts[:j] with counts[j - 1] chosen; cut[j]: where its group starts.
+    best, cut = [0.0], [0]
+    for j in range(1, len(counts) + 1):
+        options = [best[i] + (steps[j] - steps[i]) * counts[j - 1] + price for i in range(j)]
+        cut.append(int(np.argmin(options)))
+        best.append(min(options))
+    chosen, j = [], len(counts)
+    while j:
+        chosen.append(counts[j - 1])
+        j = cut[j]
+    return tuple(sorted(chosen))
 
 
 def pair_ids_of(example_ids: np.ndarray, pairs_per_example: int) -> np.ndarray:

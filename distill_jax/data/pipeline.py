@@ -80,13 +80,14 @@ class TrainIterator:
     (0 = automatic); `process_index` / `process_count` (`jax.process_index()` /
     `jax.process_count()`); `label_key` record field used as the label; `prefetch` batches
     built ahead in a background thread (0 = build on `next`); `attention_length` the row
-    length at which attention costs as much as the dense layers (`packing.attention_length`),
-    which weighs padding against attention in the automatic choice.
+    length at which attention costs as much as the dense layers (the trainer's cost model,
+    `train/perf.py`), which weighs padding against attention in the automatic choice.
 
     Attributes: `pack_input_length`, `pack_target_length`, `row_bucket`, `spec` (the
     automatic choice and its estimated padding), `steps_per_epoch`, `padding_fraction` (pad
     share of all encoder+decoder slots in the global batches returned so far), `row_counts`
-    (distinct rows-per-micro-batch seen: one compilation each), `pairs` (the tokenized pairs).
+    (distinct rows-per-micro-batch seen: one compilation each), `pairs` (the tokenized pairs),
+    `shapes` (the row counts every step is padded up to, after `fix_row_counts`).
     """
 
     def __init__(
@@ -174,6 +175,7 @@ class TrainIterator:
         self._real_tokens = 0
         self._slots = 0
         self.row_counts: set[int] = set()
+        self.shapes: tuple[int, ...] = ()  # () = each step at the rows it needs
         log.info(
             "Packed train batches: pack lengths %d/%d, ~%.1f rows per micro-batch (bucket %d), "
             "estimated padding %.1f%%",
@@ -190,8 +192,11 @@ class TrainIterator:
         """Record indices of the `batch_size` examples of `step` (micro-batches share them)."""
         return np.asarray(self._example_ids[step], np.int64)
 
-    def _plan(self, example_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        """The step's pair ids, their global rows, and rows per micro-batch (all processes)."""
+    def _plan(
+        self, example_ids: np.ndarray, fit: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """The step's pair ids, their global rows, and rows per micro-batch (all processes),
+        fitted to `shapes` unless `fit` is False."""
         pair_ids = packing.pair_ids_of(example_ids, self.pairs.pairs_per_example)
         rows, rows_per_micro = packing.step_rows(
             self._enc_len,
@@ -203,7 +208,23 @@ class TrainIterator:
             self.grad_steps,
             self.spec.min_rows,
         )
-        return pair_ids, rows, rows_per_micro
+        if not fit:
+            return pair_ids, rows, rows_per_micro
+        shape = next((r for r in self.shapes if r >= rows_per_micro), rows_per_micro)
+        # Same rows; the shape's extra rows stay empty at the end of each micro-batch.
+        rows = rows // rows_per_micro * shape + rows % rows_per_micro
+        return pair_ids, rows, shape
+
+    def needed_row_counts(self, stop: int) -> dict[int, int]:
+        """{rows per micro-batch: number of steps} that steps [0, stop) need (plans only)."""
+        needed = [self._plan(self.examples_at(s), fit=False)[2] for s in range(stop)]
+        rows, steps = np.unique(needed, return_counts=True)
+        return {int(r): int(n) for r, n in zip(rows, steps, strict=True)}
+
+    def fix_row_counts(self, shapes) -> None:
+        """Pads every step's rows up to the smallest of `shapes` that holds them (the row
+        counts compiled ahead, e.g. `packing.choose_row_counts`); the plan is unchanged."""
+        self.shapes = tuple(sorted(int(r) for r in shapes))
 
     def _stats(self, pair_ids: np.ndarray, rows_per_micro: int) -> tuple[int, int]:
         real = int(self._enc_len[pair_ids].sum() + self._dec_len[pair_ids].sum())

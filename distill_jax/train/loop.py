@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import pathlib
-import queue
 import signal
 import threading
 import time
@@ -35,9 +36,7 @@ class TrainingDiverged(UserError):
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks at step boundaries."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
+    requested, _previous = False, None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -62,33 +61,25 @@ class _Preemption:
         return bool(np.any(flags))
 
 
-def _prefetch(batches, steps, put, depth: int = 2):
-    """Yields (step, device batch) for `steps`, transferred to devices on a background thread."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+def _prefetch(batches, steps: range, batch_sharding, meter: perf.Throughput, depth: int = 2):
+    """Yields (step, global batch) for `steps`, built and transferred `depth` ahead on one
+    thread (no grain thread too: on a small CPU each busy thread takes a core from XLA);
+    `meter` gets each batch's host seconds and the seconds the loop waited for it."""
+    put = lambda v: jax.make_array_from_process_local_data(batch_sharding, v)
 
-    def work():
-        try:
-            for step in steps:
-                if stop.is_set():
-                    return
-                q.put((step, put(next(batches))))
-        except BaseException as e:  # surface pipeline errors in the main thread
-            q.put((None, e))
-        q.put((None, None))
+    def build():
+        t0 = time.perf_counter()
+        return {k: put(v) for k, v in next(batches).items()}, time.perf_counter() - t0
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while True:
-            step, item = q.get()
-            if step is None:
-                if item is not None:
-                    raise item
-                return
-            yield step, item
-    finally:
-        stop.set()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        ahead = collections.deque(pool.submit(build) for _ in steps[:depth])
+        for i, step in enumerate(steps):
+            t0 = time.perf_counter()
+            batch, host_s = ahead.popleft().result()  # re-raises the pipeline's errors here
+            meter.host_time(host_s, waited=time.perf_counter() - t0)
+            if i + depth < len(steps):
+                ahead.append(pool.submit(build))  # built while this step runs
+            yield step, batch
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -113,184 +104,192 @@ def train_and_evaluate(
     stopped the run early after saving a checkpoint.
     """
     t_start = time.time()
-    workdir = pathlib.Path(workdir)
-    config_check.validate(config)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_config(config, workdir)
-    splits = setup.load_records(config, workdir)
-    t = config.train
-    tx = make_optimizer(t)
-    ms = model_setup.build(config, workdir, splits["train"], tx)
-    mesh, model, tokenizer = ms.mesh, ms.model, ms.tokenizer
-
-    train_data = pipeline.TrainIterator(
-        splits["train"],
-        tokenizer,
-        model_type=t.model_type,
-        batch_size=t.batch_size,
-        grad_steps=t.grad_steps,
-        max_input_length=config.data.max_input_length,
-        max_target_length=config.data.max_target_length,
-        pack_input_length=config.data.pack_input_length,
-        pack_target_length=config.data.pack_target_length,
-        row_bucket=config.data.row_bucket,
-        seed=config.seed,
-        row_multiple=sharding.batch_axis_size(mesh),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        attention_length=packing.attention_length(model.config, jax.default_backend()),
-    )
-    logging.info(
-        "packed rows: %d encoder x %d decoder tokens",
-        train_data.pack_input_length,
-        train_data.pack_target_length,
-    )
-
-    schedule = learning_rate_schedule(t)
-    ckpts = checkpoint.Checkpoints(
-        workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
-    )
-    state, start_step, restored_data_state = model_setup.initial_state(ms, ckpts)
-    if restored_data_state is not None:
-        train_data.set_state(restored_data_state)
-
-    def data_state(step: int) -> dict[str, Any]:
-        # The prefetcher runs ahead of the state, so the position is the state's step.
-        return {**train_data.get_state(), "step": step}
-
-    writer = logger.MetricsWriter(workdir, tensorboard=config.logging.tensorboard)
-    writer.drop_after(start_step)
-    if start_step == 0 and config.data.label_type == "llm" and config.data.name != "generic":
-        for split in ("train", "test"):
-            acc = sources.llm_label_accuracy(splits[split], config.data.name)
-            writer.write({"step": 0, "split": split, "llm_label_accuracy": acc})
-            logging.info("LLM label accuracy on %s: %.4f", split, acc)
-
-    batch_sharding = NamedSharding(mesh, P(None, sharding.BATCH_AXES, None))
-    step_fn = jit_train_step(
-        model,
-        tx,
-        schedule,
-        alpha=t.alpha,
-        model_type=t.model_type,
-        state_shardings=ms.state_shardings,
-        batch_sharding=batch_sharding,
-    )
-    rng = jax.random.fold_in(jax.random.key(config.seed), 1)  # dropout stream
-
-    def put(local_batch):
-        return {
-            k: jax.make_array_from_process_local_data(batch_sharding, v)
-            for k, v in local_batch.items()
-        }
-
-    best = ckpts.best_accuracy()
-    evaluator = predictor.from_config(config, None, ms.model_cfg, tokenizer, mesh)
-
-    def run_eval(params, split: str, step: int) -> float:
-        acc, rows = evaluate.evaluate_split(
-            evaluator, params, split, splits[split],
-            dataset=config.data.name, max_examples=config.eval.max_examples,
-        )  # fmt: skip
-        evaluate.write_predictions(workdir / "predictions" / f"{split}_{step}.jsonl", rows)
-        writer.write({"step": step, "split": split, "accuracy": acc, "examples": len(rows)})
-        logging.info("step %d: %s accuracy %.4f on %d examples", step, split, acc, len(rows))
-        return acc
-
-    meter = perf.Throughput(t.batch_size)
-    progress = perf.progress_bar(config.logging.progress_bar, initial=start_step, total=t.max_steps)
-    compiled_shapes: set = set()
-    preempted = False
-    saved_step = start_step
-    last_metrics: dict[str, Any] = {}
-    with sharding.activate(mesh), _Preemption() as preemption:
-        for step, batch in _prefetch(train_data, range(start_step, t.max_steps), put):
-            shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
-            if shapes not in compiled_shapes:  # compile ahead, report memory and FLOPs
-                compiled = step_fn.lower(state, batch, rng).compile()
-                checkpoint.log_memory(compiled)
-                meter.set_flops(perf.compiled_flops(compiled), shapes)
-                compiled_shapes.add(shapes)
-                meter.reset()
-            state, metrics = step_fn(state, batch, rng)
-            meter.count(shapes)
-            done = step + 1
-            at_log = done % t.log_every == 0 or done == t.max_steps
-            if at_log:
-                last_metrics = jax.device_get(metrics)
-                if not np.isfinite(last_metrics["loss"]):
-                    ckpts.wait()
-                    raise TrainingDiverged(
-                        f"loss became {last_metrics['loss']} at step {done}; stopping. The last "
-                        f"good checkpoint (step {ckpts.latest_step()}) is kept in "
-                        f"{workdir / 'checkpoints'}; lower train.lr or check the data."
-                    )
-                row = {"step": done, **perf.train_row(last_metrics), **meter.report()}
-                writer.write(row)
-                progress.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.1f}")
-            progress.update(1)
-            if done % t.eval_steps == 0 and done < t.max_steps:
-                acc = run_eval(state.params, "valid", done)
-                if best is None or acc > best:
-                    best = acc
-                    ckpts.save_best(done, state.params, acc)
-                meter.reset()
-            if done % config.checkpoint.every_steps == 0 and done < t.max_steps:
-                _check_finite(metrics, done, ckpts, workdir)
-                ckpts.save(done, state, data_state(done))
-                saved_step = done
-            sync_point = at_log or done % config.checkpoint.every_steps == 0
-            if preemption.agreed(at_sync_point=sync_point) or done == stop_at_step:
-                if saved_step != done:
-                    _check_finite(metrics, done, ckpts, workdir)
-                    ckpts.save(done, state, data_state(done), force=True)
-                ckpts.wait()
-                preempted = True
-                break
-        progress.close()
-        if preempted:
-            ckpts.close()
-            writer.close()
-            return {"preempted": True, "step": done}
-        final_step = int(jax.device_get(state.step))
-        if start_step < t.max_steps:
-            _check_finite(metrics, final_step, ckpts, workdir)
-            ckpts.save(final_step, state, data_state(final_step), force=True)
-            acc = run_eval(state.params, "valid", final_step)
-            if best is None or acc > best:
-                best = acc
-                ckpts.save_best(final_step, state.params, acc)
-        ckpts.wait()
-        best_restored = ckpts.restore_best(checkpoint.abstract_like(state.params))
-        test_params, best_step = state.params, final_step
-        if best_restored is not None:
-            best_step, test_params = best_restored
-        test_acc = run_eval(test_params, "test", best_step)
-    ckpts.close()
-    writer.close()
-    logger.plot_curves(workdir)
-    summary = {
-        "best_valid_accuracy": best,
-        "best_step": best_step,
-        "test_accuracy": test_acc,
-        "steps": final_step,
-        "wall_time_s": round(time.time() - t_start, 1),
-        "examples_per_s": meter.overall_examples_per_s(),
-        "padding_fraction": train_data.padding_fraction,
-        "preempted": False,
-    }
+    run = _Run(config, pathlib.Path(workdir))
+    with sharding.activate(run.ms.mesh), _Preemption() as preemption:
+        run.compile_ahead()
+        stopped = run.train(preemption, stop_at_step)
+        summary = {"preempted": True, "step": stopped} if stopped else run.finish()
+    run.ckpts.close()
+    run.writer.close()
+    if stopped:
+        return summary
+    logger.plot_curves(run.workdir)
+    summary["wall_time_s"] = round(time.time() - t_start, 1)
     if jax.process_index() == 0:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     logging.info("summary: %s", summary)
     return summary
 
 
-def _check_finite(metrics, step: int, ckpts: checkpoint.Checkpoints, workdir) -> None:
-    """Refuses to checkpoint a state produced by a non-finite loss."""
-    loss = float(jax.device_get(metrics["loss"])) if metrics else 0.0
-    if not np.isfinite(loss):
-        ckpts.wait()
-        raise TrainingDiverged(
-            f"loss became {loss} at step {step}; stopping without saving it. The last good "
-            f"checkpoint (step {ckpts.latest_step()}) is kept in {workdir / 'checkpoints'}."
+class _Run:
+    """One run in three steps: set up (`__init__`, `compile_ahead`), `train`, `finish`."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
+        """Config, records, model, train batches, checkpoints and the (restored) state."""
+        config_check.validate(config)
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_config(config, workdir)
+        self.config, self.workdir = config, workdir
+        splits = setup.load_records(config, workdir)
+        t = config.train
+        self.ms = ms = model_setup.build(config, workdir, splits["train"], make_optimizer(t))
+        self.cost = perf.cost_model(ms.model_cfg, jax.default_backend())
+        self.train_data = pipeline.TrainIterator(
+            splits["train"],
+            ms.tokenizer,
+            model_type=t.model_type,
+            batch_size=t.batch_size,
+            grad_steps=t.grad_steps,
+            max_input_length=config.data.max_input_length,
+            max_target_length=config.data.max_target_length,
+            pack_input_length=config.data.pack_input_length,
+            pack_target_length=config.data.pack_target_length,
+            row_bucket=config.data.row_bucket,
+            seed=config.seed,
+            row_multiple=sharding.batch_axis_size(ms.mesh),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            prefetch=0,  # `_prefetch` builds ahead on its own thread
+            attention_length=self.cost.attention_length,
         )
+        self.ckpts = checkpoint.Checkpoints(
+            workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+        )
+        self.state, self.start_step, data_state = model_setup.initial_state(ms, self.ckpts)
+        if data_state is not None:
+            self.train_data.set_state(data_state)
+        self.writer = writer = logger.MetricsWriter(workdir, tensorboard=config.logging.tensorboard)
+        writer.drop_after(self.start_step)
+        llm_labels = config.data.label_type == "llm" and config.data.name != "generic"
+        if self.start_step == 0 and llm_labels:
+            for split in ("train", "test"):
+                acc = sources.llm_label_accuracy(splits[split], config.data.name)
+                writer.write({"step": 0, "split": split, "llm_label_accuracy": acc})
+                logging.info("LLM label accuracy on %s: %.4f", split, acc)
+        self.best = self.ckpts.best_accuracy()
+        self.batch_sharding = NamedSharding(ms.mesh, P(None, sharding.BATCH_AXES, None))
+        self.rng = jax.random.fold_in(jax.random.key(config.seed), 1)  # dropout stream
+        self.meter = perf.Throughput(t.batch_size)
+        self.steps: dict[int, Any] = {}  # rows per micro-batch -> compiled train step
+        self.metrics = None  # the last step's, on device
+
+        evaluator = predictor.from_config(config, None, ms.model_cfg, ms.tokenizer, ms.mesh)
+
+        def run_eval(params, split: str, step: int) -> float:
+            acc, rows = evaluate.evaluate_split(
+                evaluator, params, split, splits[split],
+                dataset=config.data.name, max_examples=config.eval.max_examples,
+            )  # fmt: skip
+            evaluate.write_predictions(workdir / "predictions" / f"{split}_{step}.jsonl", rows)
+            writer.write({"step": step, "split": split, "accuracy": acc, "examples": len(rows)})
+            logging.info("step %d: %s accuracy %.4f on %d examples", step, split, acc, len(rows))
+            return acc
+
+        self.run_eval = run_eval
+
+    def compile_ahead(self) -> None:
+        """Compiles the step for every row count the run uses, before step 1: plans are pure
+        functions of (seed, step), so the rows each step needs are known (on every process);
+        `packing.choose_row_counts` weighs padding against more compilations."""
+        t, data = self.config.train, self.train_data
+        lengths, t0 = (data.pack_input_length, data.pack_target_length), time.perf_counter()
+        needed = data.needed_row_counts(t.max_steps)  # all steps: a resume picks the same
+        data.fix_row_counts(packing.choose_row_counts(needed, self.cost.compile_steps))
+        logging.info("rows of %s tokens, {rows: steps} %s (planned in %.1f s); compiling %s",
+                     lengths, needed, time.perf_counter() - t0, data.shapes)  # fmt: skip
+        step_fn = jit_train_step(
+            self.ms.model,
+            self.ms.tx,
+            learning_rate_schedule(t),
+            alpha=t.alpha,
+            model_type=t.model_type,
+            state_shardings=self.ms.state_shardings,
+            batch_sharding=self.batch_sharding,
+        )
+        abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.batch_sharding)
+        for rows in data.shapes:
+            batch = pipeline.empty_batch(t.grad_steps, rows, *lengths)
+            compiled = step_fn.lower(self.state, jax.tree.map(abstract, batch), self.rng).compile()
+            checkpoint.log_memory(compiled)
+            self.meter.set_flops(perf.compiled_flops(compiled), rows)
+            self.steps[rows] = compiled
+
+    def train(self, preemption: _Preemption, stop_at_step: int | None) -> int | None:
+        """Steps to train.max_steps; returns the step it stopped (and saved) at if preempted."""
+        c, t, start = self.config, self.config.train, self.start_step
+        progress = perf.progress_bar(c.logging.progress_bar, initial=start, total=t.max_steps)
+        saved_step = start
+        self.meter.reset()
+        steps = range(start, t.max_steps)
+        for step, batch in _prefetch(self.train_data, steps, self.batch_sharding, self.meter):
+            rows = batch["encoder_input_tokens"].shape[1]
+            self.state, self.metrics = self.steps[rows](self.state, batch, self.rng)
+            self.meter.count(rows)
+            done = step + 1
+            at_log = done % t.log_every == 0 or done == t.max_steps
+            if at_log:
+                metrics = jax.device_get(self.metrics)
+                self.check_finite(metrics, done)
+                row = {"step": done, **perf.train_row(metrics), **self.meter.report()}
+                self.writer.write(row)
+                progress.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.1f}")
+            progress.update(1)
+            if done % t.eval_steps == 0 and done < t.max_steps:
+                self.validate(done)
+                self.meter.reset()
+            at_save = done % c.checkpoint.every_steps == 0
+            if at_save and done < t.max_steps:
+                self.save(done)
+                saved_step = done
+            if preemption.agreed(at_sync_point=at_log or at_save) or done == stop_at_step:
+                if saved_step != done:
+                    self.save(done, force=True)
+                self.ckpts.wait()
+                progress.close()
+                return done
+        progress.close()
+        return None
+
+    def finish(self) -> dict:
+        """Final checkpoint and validation, then the test split on the best-validation params."""
+        final_step = int(jax.device_get(self.state.step))
+        if self.start_step < self.config.train.max_steps:
+            self.save(final_step, force=True)
+            self.validate(final_step)
+        self.ckpts.wait()
+        best = self.ckpts.restore_best(checkpoint.abstract_like(self.state.params))
+        best_step, test_params = best if best is not None else (final_step, self.state.params)
+        return {
+            "best_valid_accuracy": self.best,
+            "best_step": best_step,
+            "test_accuracy": self.run_eval(test_params, "test", best_step),
+            "steps": final_step,
+            "examples_per_s": self.meter.overall_examples_per_s(),
+            "padding_fraction": self.train_data.padding_fraction,
+            "compiled_train_shapes": len(self.steps),
+            "preempted": False,
+        }
+
+    def validate(self, step: int) -> None:
+        """Scores the valid split; keeps the params as the best checkpoint when they are."""
+        acc = self.run_eval(self.state.params, "valid", step)
+        if self.best is None or acc > self.best:
+            self.best = acc
+            self.ckpts.save_best(step, self.state.params, acc)
+
+    def save(self, step: int, force: bool = False) -> None:
+        """Checkpoints the state and the data position (the state's: the prefetcher is ahead)."""
+        self.check_finite(self.metrics, step)
+        data_state = {**self.train_data.get_state(), "step": step}
+        self.ckpts.save(step, self.state, data_state, force=force)
+
+    def check_finite(self, metrics, step: int) -> None:
+        """Stops the run when the loss is NaN or inf, keeping the last good checkpoint."""
+        loss = float(jax.device_get(metrics["loss"])) if metrics is not None else 0.0
+        if not np.isfinite(loss):
+            self.ckpts.wait()
+            raise TrainingDiverged(
+                f"loss became {loss} at step {step}; stopping without saving it. The last good "
+                f"checkpoint (step {self.ckpts.latest_step()}) is kept in "
+                f"{self.workdir / 'checkpoints'}; lower train.lr or check the data."
+            )

@@ -1,7 +1,8 @@
-"""Throughput, FLOPs and MFU accounting, and the progress bar."""
+"""Throughput, FLOPs and MFU accounting, the progress bar, and the platform's cost model."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -68,6 +69,12 @@ class Throughput:
         self._t0 = time.perf_counter()
         self._steps = 0
         self._flop_count = 0.0
+        self._host_s = self._waited_s = 0.0
+
+    def host_time(self, host_s: float, waited: float) -> None:
+        """One batch: host seconds to build and transfer it, seconds the loop waited for it."""
+        self._host_s += host_s
+        self._waited_s += waited
 
     def count(self, shapes) -> None:
         self._steps += 1
@@ -77,6 +84,9 @@ class Throughput:
         """Rates over the interval since the last report; starts the next interval."""
         dt = max(time.perf_counter() - self._t0, 1e-9)
         out = {"examples_per_s": self._steps * self.examples_per_step / dt}
+        if self._steps:  # host work per step, and how much of it the loop waited for
+            out["host_s_per_step"] = self._host_s / self._steps
+            out["data_wait_s_per_step"] = self._waited_s / self._steps
         if self._peak and self._flop_count:
             out["mfu"] = self._flop_count / dt / (self._peak * jax.device_count())
         self._total_steps += self._steps
@@ -104,3 +114,51 @@ def progress_bar(enabled: bool, *, initial: int, total: int):
         unit="step",
         dynamic_ncols=True,
     )
+
+
+# The trainer's cost model: the platform-dependent prices live here, and the data layer gets
+# plain numbers (it never asks which platform it runs on).
+
+# How much more a token's attention costs on CPU than its FLOPs say, relative to the dense layers:
+# the [rows, heads, L, L] float32 passes (bias, mask, softmax, dropout, the bias gradient) are
+# memory-bound there. Calibrated on t5-v1_1-small, batch 16, CQA-like lengths (BENCHMARKS.md).
+CPU_ATTENTION_COST = 6.0
+# One compilation of the train step, in steps of its largest shape. CPU: t5-v1_1-small batch 16
+# compiles in 9-10 s and steps in ~5 s (BENCHMARKS.md). GPU/TPU: not measured here; a compile
+# takes tens of seconds there against steps of well under a second, so hundreds of steps.
+COMPILE_COST_STEPS = {"cpu": 2.0}
+ACCELERATOR_COMPILE_COST_STEPS = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    """What the data layer needs to price its choices (`TrainIterator` arguments)."""
+
+    attention_length: float  # row length at which attention costs as much as the dense layers
+    compile_steps: float  # one train-step compilation, in steps of the largest shape
+
+
+def cost_model(model_config: Any, platform: str) -> CostModel:
+    """The cost model of `model_config` (T5Config dims) on `platform` ('cpu', 'gpu', 'tpu')."""
+    cpu = platform == "cpu"
+    balance = attention_length(model_config)
+    return CostModel(
+        attention_length=balance / CPU_ATTENTION_COST if cpu else balance,
+        compile_steps=COMPILE_COST_STEPS.get(platform, ACCELERATOR_COMPILE_COST_STEPS),
+    )
+
+
+def attention_length(model_config: Any) -> float:
+    """Row length at which a token's attention FLOPs equal its dense layers'.
+
+    `model_config` has T5Config's dims. Per token and layer, the dense layers do
+    4 * d_model * width (query, key, value, out; width = num_heads * d_kv) plus
+    (3 if gated else 2) * d_model * d_ff multiply-adds, and attention over a row of L tokens
+    2 * L * width (scores, weighted values). So L = dense / (2 * width): 3072 for
+    t5-v1_1-small, 640 for the demo's tiny model.
+    """
+    c = model_config
+    width = c.num_heads * c.d_kv
+    gated = c.feed_forward_proj.startswith("gated")
+    dense = 4 * c.d_model * width + (3 if gated else 2) * c.d_model * c.d_ff
+    return dense / (2 * width)
