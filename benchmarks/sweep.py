@@ -383,12 +383,12 @@ def main(argv: Sequence[str], runner: Runner = subprocess_runner) -> int:
     if both:
         raise UserError(f"--config.{both[0]} is also a --grid field; give it in one place")
     # jax: only once the command line is known to be good
-    from distill_jax.train import setup
+    from distill_jax import config_check
     from distill_jax.train.loop import PREEMPTED_EXIT_CODE
 
     for cell in cells:  # every cell's config checked before any trains
         try:
-            setup.validate_config(resolved(config, overrides, cell))
+            config_check.validate(resolved(config, overrides, cell))
         except UserError as e:
             raise UserError(f"cell {cell.name}: {e}") from None
     workdir = pathlib.Path(args.workdir).absolute()
