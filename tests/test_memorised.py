@@ -11,6 +11,7 @@ the step-5 parameters, which still output other labels than the final ones.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -90,16 +91,31 @@ def test_test_split_is_scored_with_the_best_validation_params(memorised):
     assert not (workdir / "predictions" / f"test_{MAX_STEPS}.jsonl").exists()
 
 
-@pytest.fixture(scope="module")
-def predicted(memorised, tmp_path_factory):
-    """Rows that --mode=predict wrote for the 8 inputs, from the latest checkpoint."""
-    config, workdir, _ = memorised
-    tmp = tmp_path_factory.mktemp("predict")
+def run_predict(config, workdir, tmp) -> list[dict]:
+    """Rows that --mode=predict writes for the 8 inputs from `workdir`'s weights."""
     in_path = tmp / "in.jsonl"
     in_path.write_text("".join(json.dumps({"input": r["input"]}) + "\n" for r in RECORDS))
     out_path = tmp / "out.jsonl"
     assert modes.run_predict(config, workdir, str(in_path), str(out_path)) == len(RECORDS)
     return read_rows(out_path)
+
+
+@pytest.fixture(scope="module")
+def latest_workdir(memorised, tmp_path_factory):
+    """A copy of the run without its best checkpoint: predict then uses the latest (step 40,
+    memorised) train state instead of the best-validation (step 5) params."""
+    _, workdir, _ = memorised
+    copy = tmp_path_factory.mktemp("latest") / "run"
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(copy / "checkpoints" / "best")
+    return copy
+
+
+@pytest.fixture(scope="module")
+def predicted(memorised, latest_workdir, tmp_path_factory):
+    """Rows that --mode=predict wrote for the 8 inputs, from the latest checkpoint."""
+    config, _, _ = memorised
+    return run_predict(config, latest_workdir, tmp_path_factory.mktemp("predict"))
 
 
 def test_mode_predict_outputs_labels_and_rationales(predicted):
@@ -108,14 +124,26 @@ def test_mode_predict_outputs_labels_and_rationales(predicted):
     assert [r["rationale"] for r in predicted] == [r["rationale"] for r in RECORDS]
 
 
-def test_export_generates_the_same_outputs_in_transformers(memorised, predicted, tmp_path):
+def test_mode_predict_uses_the_best_checkpoint(memorised, tmp_path):
+    """With a best checkpoint in the workdir, predict decodes with it (as serve does): its
+    outputs are the test split's, which was scored with the best-validation params."""
+    config, workdir, _ = memorised
+    rows = run_predict(config, workdir, tmp_path)
+    test_rows = read_rows(workdir / "predictions" / f"test_{BEST_STEP}.jsonl")
+    assert [r["label"] for r in rows] == [r["label"] for r in test_rows]
+    assert [r["label"] for r in rows] != [r["label"] for r in RECORDS]
+
+
+def test_export_generates_the_same_outputs_in_transformers(
+    memorised, latest_workdir, predicted, tmp_path
+):
     """The exported HF model greedy-decodes exactly what we predict, for both tasks."""
     import torch
     import transformers
 
-    config, workdir, _ = memorised
+    config, _, _ = memorised
     export_dir = tmp_path / "hf"
-    modes.run_export(config, workdir, str(export_dir))
+    modes.run_export(config, latest_workdir, str(export_dir))
     hf_model = transformers.T5ForConditionalGeneration.from_pretrained(export_dir).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(export_dir)
 
