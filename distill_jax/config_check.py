@@ -6,11 +6,13 @@ teacher, the mesh against the devices and processes). `validate_model(config, mo
 once the model's dimensions are known (after the tokenizer, before any array or mesh is
 built): every dimension a mesh axis shards must divide by that axis's size. Each problem is a
 `UserError` naming the config field, its value and what it must satisfy.
+`validate_teacher(config.teacher)` checks the teacher's block when `--mode=teach` starts.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -196,3 +198,50 @@ def validate_model(config: ml_collections.ConfigDict, model_cfg: T5Config) -> No
                     f"{tuple(leaf.value.shape)}), is split over it and must be divisible by "
                     f"{parts}; pick a {fields} that divides {size}."
                 )
+
+
+TEACHER_BACKENDS = ("openai", "hf", "batch_export", "batch_import")
+TEACHER_APIS = ("chat", "completions")
+TEACHER_FILTERS = ("parsed", "gold", "majority", "none")
+TEACHER_SPLITS = ("train", "valid", "test")
+
+
+def _teacher_field(name: str, value: Any, why: str) -> UserError:
+    return UserError(f"config field teacher.{name}={value!r}: {why}")
+
+
+def validate_teacher(t: ml_collections.ConfigDict) -> None:
+    """The `config.teacher` block (`--mode=teach`): UserError naming the first impossible field."""
+    if t.backend not in TEACHER_BACKENDS:
+        raise _teacher_field(
+            "backend", t.backend, f"use one of {', '.join(map(repr, TEACHER_BACKENDS))}"
+        )
+    if t.api not in TEACHER_APIS:
+        raise _teacher_field("api", t.api, "use 'chat' or 'completions'")
+    if t.filter not in TEACHER_FILTERS:
+        raise _teacher_field(
+            "filter", t.filter, f"use one of {', '.join(map(repr, TEACHER_FILTERS))}"
+        )
+    if t.split not in TEACHER_SPLITS:
+        raise _teacher_field("split", t.split, "use 'train', 'valid' or 'test'")
+    if not str(t.model).strip():  # it is part of every cache key (and custom_id)
+        hint = "the local model directory" if t.backend == "hf" else "the name the server serves"
+        raise _teacher_field("model", t.model, f"set it to {hint}")
+    if t.backend == "openai" and not str(t.base_url).startswith(("http://", "https://")):
+        raise _teacher_field("base_url", t.base_url, "must start with http:// or https://")
+    if not str(t.api_key_env).strip():
+        raise _teacher_field("api_key_env", t.api_key_env, "name an environment variable")
+    for name in ("num_samples", "concurrency", "max_tokens"):
+        if int(t[name]) < 1:
+            raise _teacher_field(name, t[name], "must be at least 1")
+    for name in ("num_shots", "max_retries"):
+        if int(t[name]) < 0:
+            raise _teacher_field(name, t[name], "must be >= 0")
+    if float(t.timeout_s) <= 0:
+        raise _teacher_field("timeout_s", t.timeout_s, "must be positive")
+    if float(t.backoff_s) < 0 or float(t.backoff_max_s) < float(t.backoff_s):
+        raise _teacher_field("backoff_s", t.backoff_s, "must be >= 0 and <= teacher.backoff_max_s")
+    if not 0.0 <= float(t.temperature) <= 2.0:
+        raise _teacher_field("temperature", t.temperature, "must lie in [0, 2]")
+    if t.filter == "majority" and int(t.num_samples) < 2:
+        raise _teacher_field("filter", t.filter, "needs teacher.num_samples >= 2 to vote")

@@ -1,4 +1,5 @@
-"""The packed, accumulated gradient is the gradient of DESIGN.md's objective, and bf16 compute.
+"""The packed, accumulated gradient is the gradient of the objective (docs/architecture.md), and
+bf16 compute.
 
 The reference objective is written here independently of distill_jax.train.step: each example
 padded on its own (no packing, no segment ids, no micro-batches),

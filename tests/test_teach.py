@@ -19,9 +19,10 @@ import ml_collections
 import pytest
 
 from configs import generic as generic_config
+from distill_jax import config_check
 from distill_jax.data import generic, sources
 from distill_jax.errors import UserError
-from distill_jax.teach import answers, cache, checks, prompts
+from distill_jax.teach import answers, cache, prompts
 from distill_jax.teach import run as teach
 from tests import fixtures
 from tests.launch_util import ROOT, launch_env
@@ -272,9 +273,9 @@ def test_config_validation_names_the_field(tmp_path):
     ]:
         c = config("http://127.0.0.1:1/v1", **{field: value})
         with pytest.raises(UserError, match=match):
-            checks.validate_teacher_config(c.teacher)
+            config_check.validate_teacher(c.teacher)
     with pytest.raises(UserError, match=r"teacher\.filter='majority': needs teacher\.num_samples"):
-        checks.validate_teacher_config(config("http://x/v1", filter="majority").teacher)
+        config_check.validate_teacher(config("http://x/v1", filter="majority").teacher)
     bad = write_records(tmp_path / "bad.jsonl", [{"input": "a"}, {"input": "b", "label": 3}])
     with pytest.raises(UserError, match=r"bad\.jsonl, line 2 \(record 2\): field 'label'"):
         teach.run_teach(config("http://x/v1"), tmp_path / "w", str(bad), str(tmp_path / "o"))

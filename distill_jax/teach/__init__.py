@@ -6,5 +6,5 @@
       -> answers.py (the dataset's parser; filters and majority vote)
       -> run.py (OUT, rejected.jsonl, summary.json)
 
-`checks.validate_teacher_config` rejects impossible `config.teacher` settings up front.
+`config_check.validate_teacher` rejects impossible `config.teacher` settings up front.
 """

@@ -19,9 +19,10 @@ import ml_collections
 from absl import logging
 from tqdm import tqdm
 
+from distill_jax import config_check
 from distill_jax.data import sources
 from distill_jax.errors import UserError
-from distill_jax.teach import answers, backends, batch, cache, checks, prompts
+from distill_jax.teach import answers, backends, batch, cache, prompts
 from distill_jax.teach.records import Record, dataset_records, read_records
 
 TEACHER_DIR = "teacher"
@@ -179,7 +180,7 @@ def run_teach(
     """Runs the teacher over the records and writes OUT; returns the summary."""
     start = time.time()
     t = config.teacher
-    checks.validate_teacher_config(t)
+    config_check.validate_teacher(t)
     if config.data.name not in sources.SUPPORTED:
         raise UserError(f"config field data.name={config.data.name!r}: unknown dataset")
     if t.backend != "batch_export" and not output_path:

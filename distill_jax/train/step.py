@@ -1,4 +1,5 @@
-"""The objective of DESIGN.md and the jitted train step (gradient accumulation inside).
+"""The objective (docs/architecture.md, section 4) and the jitted train step (gradient
+accumulation inside).
 
 For a global batch of N examples, packed into rows and split into micro-batches:
 
@@ -41,7 +42,7 @@ def token_cross_entropy(model, params, micro: Batch, dropout_rng, enable_dropout
 
 
 def mix_losses(label_sum, rationale_sum, n_label, n_rationale, alpha: float, model_type: str):
-    """The DESIGN.md objective from CE sums and global token counts."""
+    """The objective (docs/architecture.md) from CE sums and global token counts."""
     label_loss = label_sum / jnp.maximum(n_label, 1.0)
     rationale_loss = rationale_sum / jnp.maximum(n_rationale, 1.0)
     if model_type == "standard":
