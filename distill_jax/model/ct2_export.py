@@ -77,13 +77,7 @@ def export_ctranslate2(
         converter = converter_cls(str(hf_dir), copy_files=files)
         converter.convert(str(ct2_dir), quantization=quantization)
         os.chmod(ct2_dir, 0o755)
-        if out.exists():  # replace an earlier export: swap, then delete the old one
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            ct2_dir.rename(out)
-            shutil.rmtree(old)
-        else:
-            ct2_dir.rename(out)
+        hf_io.replace_dir(ct2_dir, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out

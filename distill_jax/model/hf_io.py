@@ -414,13 +414,19 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save(tmp)
-        if out.exists():  # replace an earlier export: swap, then delete the old one
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(new: pathlib.Path, out: pathlib.Path) -> None:
+    """Moves the finished directory `new` to `out`, replacing an earlier `out`: swap, then
+    delete the old one, so `out` is never half-written."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        new.rename(out)
+        shutil.rmtree(old)
+    else:
+        new.rename(out)
