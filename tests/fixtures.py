@@ -256,6 +256,24 @@ def write_generic_fixture(
 # ---- a tiny random T5 with a tokenizer, as a HF directory ------------------------------------
 
 
+def random_params(shapes, rng):
+    """Float32 params for `jax.eval_shape(model.init, ...)`'s `shapes`, drawn from the numpy
+    Generator `rng` (numpy, not model.init: compiling init costs seconds on CPU): RMS-norm
+    scales near 1, kernels scaled by 1/sqrt(fan-in), embeddings standard normal."""
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    def fill(path, x):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            return (1.0 + 0.2 * rng.standard_normal(x.shape)).astype(np.float32)
+        fan_in = x.shape[0] if "embedding" not in name else 1
+        return (rng.standard_normal(x.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, nn.meta.unbox(shapes)["params"])
+
+
 def write_random_t5(root: Path, version: str = "v1.1", seed: int = 0) -> Path:
     """A tiny T5 (v1.0 or v1.1) with fixed random weights and a SentencePiece vocabulary trained
     on the generic fixture texts, exported as a HF directory (`model.from_pretrained`); returns
@@ -263,7 +281,6 @@ def write_random_t5(root: Path, version: str = "v1.1", seed: int = 0) -> Path:
     model trained a few steps, and no training is needed."""
     import dataclasses as dc
 
-    import flax.linen as nn
     import jax
     import numpy as np
 
@@ -286,14 +303,7 @@ def write_random_t5(root: Path, version: str = "v1.1", seed: int = 0) -> Path:
     shapes = jax.eval_shape(T5(cfg).init, jax.random.key(0), tokens, tokens)
     rng = np.random.default_rng(seed)
 
-    def fill(path, x):  # numpy, not model.init: compiling init costs seconds on CPU
-        name = jax.tree_util.keystr(path)
-        if "scale" in name:
-            return (1.0 + 0.2 * rng.standard_normal(x.shape)).astype(np.float32)
-        fan_in = x.shape[0] if "embedding" not in name else 1
-        return (rng.standard_normal(x.shape) / np.sqrt(fan_in)).astype(np.float32)
-
-    params = jax.tree_util.tree_map_with_path(fill, nn.meta.unbox(shapes)["params"])
+    params = random_params(shapes, rng)
     # Ids that decode to nothing (pad, unk, sentinels, vocabulary padding; not EOS) get zero
     # output weights, so greedy outputs are visible text rather than runs of invisible ids.
     silent = [i for i in range(cfg.vocab_size) if i != 1 and not tokenizer.decode([i])]

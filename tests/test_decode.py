@@ -3,7 +3,6 @@
 import dataclasses
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from distill_jax.decode import cast_for_compute, greedy_decode, greedy_decode_with_steps
 from distill_jax.model import T5, T5Config, scan_params
+from tests import fixtures
 
 V1_0 = T5Config(
     vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_encoder_layers=2,
@@ -29,14 +29,7 @@ def random_model(cfg: T5Config, seed: int):
         enc[row, :n] = rng.integers(2, cfg.vocab_size, n)
     shapes = jax.eval_shape(T5(cfg).init, jax.random.key(0), enc, enc[:, :2])
 
-    def fill(path, x):
-        name = jax.tree_util.keystr(path)
-        if "scale" in name:
-            return (1.0 + 0.2 * rng.standard_normal(x.shape)).astype(np.float32)
-        fan_in = x.shape[0] if "embedding" not in name else 1
-        return (rng.standard_normal(x.shape) / np.sqrt(fan_in)).astype(np.float32)
-
-    params = jax.tree_util.tree_map_with_path(fill, nn.meta.unbox(shapes)["params"])
+    params = fixtures.random_params(shapes, rng)
     return params, enc
 
 
