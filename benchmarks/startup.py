@@ -126,7 +126,7 @@ def _tokenize_seconds(log: pathlib.Path) -> float | None:
         t = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
         if "model: T5Config" in line:
             times["model"] = t
-        elif "packed rows:" in line:
+        elif "Packed train batches:" in line:
             times["packed"] = t
     if {"model", "packed"} <= set(times):
         return times["packed"] - times["model"]
