@@ -1,10 +1,8 @@
 """The one place that checks a config: every field a user sets, before anything is built.
 
-`validate(config)` runs first in every mode: field ranges and names, the dataset and its
-teacher, the mesh against the devices and processes. `validate_model(config, model_cfg)` runs
-once the model's dimensions are known: every dimension a mesh axis shards must divide by that
-axis's size. `validate_teacher(config.teacher)` checks the teacher's block for `--mode=teach`.
-Each problem is a `UserError` naming the config field, its value and what it must satisfy.
+`validate(config)` runs first in every mode, `validate_model` once the model's dimensions are
+known, `validate_teacher` for `--mode=teach`. Each problem is a `UserError` naming the config
+field, its value and what it must satisfy.
 """
 
 from __future__ import annotations
@@ -98,7 +96,7 @@ TEACHER_RULES = [
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Rejects impossible settings up front, naming the offending field (module docstring)."""
+    """Field ranges and names, the dataset and its teacher, the mesh against the devices."""
     t, m = config.train, config.model
     _check(t, "train.", TRAIN_RULES)
     if t.batch_size % t.grad_steps:

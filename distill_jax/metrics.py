@@ -34,13 +34,9 @@ _BINARY_OPS: dict[type, Callable[[float, float], float]] = {
 _UNARY_OPS: dict[type, Callable[[float], float]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
-class _Rejected(Exception):
-    """The expression uses something outside the allowed arithmetic or exceeds a bound."""
-
-
 def _checked(value: float) -> float:
     if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
-        raise _Rejected
+        raise ValueError(value)
     return value
 
 
@@ -48,14 +44,14 @@ def _evaluate(node: ast.AST) -> float:
     if isinstance(node, ast.Constant):
         # bool is an int subclass: `True + 1` is not an equation.
         if type(node.value) not in (int, float):
-            raise _Rejected
+            raise ValueError(node.value)
         return _checked(float(node.value))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPS:
         return _checked(_UNARY_OPS[type(node.op)](_evaluate(node.operand)))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
         left, right = _evaluate(node.left), _evaluate(node.right)
         return _checked(_BINARY_OPS[type(node.op)](left, right))  # x / 0: ZeroDivisionError
-    raise _Rejected  # names, calls, attributes, lambdas, **, //, %, comparisons, ...
+    raise ValueError(node)  # names, calls, attributes, lambdas, **, //, %, comparisons, ...
 
 
 def safe_eval(expr: str) -> float | None:
@@ -77,7 +73,7 @@ def safe_eval(expr: str) -> float | None:
         return None
     try:
         return _evaluate(tree.body)
-    except (_Rejected, ArithmeticError, RecursionError):
+    except (ValueError, ArithmeticError, RecursionError):  # outside the arithmetic or a bound
         return None
 
 

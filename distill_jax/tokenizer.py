@@ -1,11 +1,9 @@
 """T5 tokenizer: SentencePiece (`spiece.model`) or `tokenizer.json`, and training a new vocab.
 
-Ids follow T5: pad 0, eos 1, unk 2, then the SentencePiece pieces, then 100 sentinel tokens
-`<extra_id_99>` .. `<extra_id_0>` at the top (so `<extra_id_0>` has the largest id). Encoding
-matches `transformers.AutoTokenizer(dir)(text, add_special_tokens=False).input_ids` of
-transformers 5: special tokens written literally in the text (e.g. the `</s>` that e-SNLI
-inputs use between premise and hypothesis) become their ids, and the text between them is
-encoded on its own.
+Ids follow T5: pad 0, eos 1, unk 2, the SentencePiece pieces, then 100 sentinels with
+`<extra_id_0>` the largest id. Encoding matches transformers 5's `AutoTokenizer(dir)(text,
+add_special_tokens=False).input_ids`: special tokens written in the text (e.g. e-SNLI's `</s>`
+between premise and hypothesis) become their ids, the text between them is encoded on its own.
 """
 
 from __future__ import annotations
@@ -60,11 +58,9 @@ def _set_t5_metaspace(tk: tokenizers.Tokenizer) -> None:
 class Tokenizer:
     """A T5 tokenizer backed by SentencePiece or by a `tokenizers` tokenizer.json.
 
-    Two backends on purpose: a `spiece.model` could be converted to `tokenizers` (as `save`
-    does for tokenizer.json), but through `tokenizers` the same vocabulary encodes the demo's
-    texts 4-5x slower than through SentencePiece (`benchmarks/tokenizer.py`, BENCHMARKS.md);
-    at e-SNLI size, where tokenizing took ~37 s (issue 9), that would be minutes.
-    tests/test_tokenizer.py holds both to transformers' ids.
+    Two backends on purpose: a `spiece.model` converts to `tokenizers` (as `save` does), but
+    that encodes the demo's texts 4-5x slower (`benchmarks/tokenizer.py`, BENCHMARKS.md): at
+    e-SNLI size, minutes. tests/test_tokenizer.py holds both to transformers' ids.
     """
 
     pad_id = 0
