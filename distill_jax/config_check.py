@@ -126,17 +126,15 @@ def check_data(data: ml_collections.ConfigDict, seed: int) -> None:
     """The `data.*` fields and the seed: dataset, teacher, labels, subsample, lengths."""
     if data.name not in sources.SUPPORTED:
         names = ", ".join(sorted(sources.SUPPORTED))
-        raise _bad("data.name", data.name, f"not supported; use one of {names}.")
+        raise _bad("data.name", data.name, f"not supported; use one of {names}")
     llm = sources.teacher(data)
     allowed = ("generic", None) if data.name == "generic" else ("palm", "gpt")
     if llm not in allowed:
-        raise _bad("data.llm", llm, f"not valid for {data.name}; {_one_of(allowed)}.")
+        raise _bad("data.llm", llm, f"not valid for {data.name}; {_one_of(allowed)}")
     if data.name in sources.SPECS and llm not in sources.SPECS[data.name].llms:
+        teachers = " and ".join(sources.SPECS[data.name].llms)
         raise _bad(
-            "data.llm",
-            llm,
-            f"not available for {data.name}: the reference has outputs of "
-            f"{' and '.join(sources.SPECS[data.name].llms)} for it.",
+            "data.llm", llm, f"not available for {data.name}: the reference has {teachers} outputs"
         )
     _check(data, "data.", DATA_RULES)
     if data.label_type == "llm" and llm is None:
