@@ -1,16 +1,10 @@
 """Config defaults: the reference's hyperparameters (run.py + HF Seq2SeqTrainer defaults).
 
-The shared defaults live here, inside the package, so that the `distillm` console script and
-any installed copy of the library work without the repository's `configs/` directory (which
-is not installed: a top-level `configs` module would shadow a user's own). The files
-`configs/<dataset>.py` are thin wrappers of `dataset_config(name, arg)`, for
-`launch.py --config=configs/<dataset>.py[:<arg>]`.
-
-`get_base_config()` holds every field the trainer reads; `dataset_config(name, arg)` sets a
-dataset's own fields. `apply_arg(config, arg)` reads the `configs/<x>.py:<arg>` suffix:
-comma-separated tokens, each a model preset name (e.g. `t5-v1_1-small`), `scratch` (random init
-instead of the pretrained checkpoint) or `runlocal` (a tiny, fast variant for CPU smoke runs;
-the tests use it too).
+They live inside the package so that the `distillm` console script and an installed copy work
+without the repository's `configs/` (not installed: a top-level `configs` would shadow a user's
+own), whose files are thin wrappers of `dataset_config(name, arg)`. The `:<arg>` suffix holds
+comma-separated tokens: a model preset name (e.g. `t5-v1_1-small`), `scratch` (random init
+instead of the pretrained checkpoint) or `runlocal` (a tiny variant for CPU runs and tests).
 """
 
 from __future__ import annotations
@@ -157,48 +151,37 @@ def apply_runlocal(c: ml_collections.ConfigDict) -> None:
     c.logging.progress_bar = False
 
 
-REFERENCE_DATASETS = ("cqa", "esnli", "anli1", "svamp", "asdiv")
-DATASETS = (*REFERENCE_DATASETS, "generic")
+DATASETS = ("cqa", "esnli", "anli1", "svamp", "asdiv", "generic")
 
 
 def dataset_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config of `configs/<name>.py:<arg>`: the base defaults plus the dataset's fields."""
-    if name == "generic":
-        return generic_config(arg)
-    if name not in REFERENCE_DATASETS:
+    """The config of `configs/<name>.py:<arg>`: the base defaults plus the dataset's fields.
+
+    The reference datasets keep the reference's setup (fine-tune google/t5-v1_1-base on PaLM
+    rationales); the generic demo trains a tiny T5 from scratch.
+    """
+    if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; use one of {DATASETS}")
-    # The reference's setup: fine-tune google/t5-v1_1-base on PaLM rationales.
     c = get_base_config()
     c.data.name = name
-    c.data.llm = "palm"  # 'palm' or 'gpt' (GPT-NeoX rationales; not for asdiv)
+    if name == "generic":  # the bundled demo, from scratch unless a preset name is given
+        c.data.llm = "generic"
+        c.data.max_input_length = 128
+        if not arg:  # the demo must run offline
+            c.model.from_pretrained = ""
+        c.model.preset = "t5-v1_1-tiny"
+        c.model.vocab_size = 1000
+        c.model.dropout_rate = 0.0
+        # Measured on 2 cores (BENCHMARKS.md): batch 16 x 3600 steps reaches 83% test exact match
+        # where batch 32 x 1800 (the same examples) reaches 74-77%; lr 3e-3 at batch 16 diverges
+        # to a loss plateau, 2e-3 does not.
+        c.train.batch_size = 16
+        c.train.max_steps = 3600
+        c.train.eval_steps = 1200
+        c.train.lr = 2e-3
+        c.train.warmup_steps = 100
+        c.eval.gen_max_len = 96  # the longest demo labels are ~62 tokens (digits split)
+        c.eval.batch_size = 128
+        c.eval.max_examples = 0  # all 600: a tiny model decodes them in about a second
+        c.checkpoint.every_steps = 1200
     return apply_arg(c, arg)
-
-
-def generic_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Generic records; the bundled demo trains a tiny T5 from scratch."""
-    c = get_base_config()
-    c.data.name = "generic"
-    c.data.llm = "generic"
-    c.data.max_input_length = 128
-    c.data.max_target_length = 256
-    c.model.from_pretrained = ""  # scratch: the demo must run offline
-    c.model.preset = "t5-v1_1-tiny"
-    c.model.vocab_size = 1000
-    c.model.dropout_rate = 0.0
-    # Measured on 2 cores (BENCHMARKS.md): batch 16 x 3600 steps reaches 83% test exact match
-    # where batch 32 x 1800 (the same examples) reaches 74-77%; lr 3e-3 at batch 16 diverges
-    # to a loss plateau, 2e-3 does not.
-    c.train.batch_size = 16
-    c.train.max_steps = 3600
-    c.train.eval_steps = 1200
-    c.train.log_every = 50
-    c.train.lr = 2e-3
-    c.train.warmup_steps = 100
-    c.eval.gen_max_len = 96  # the longest demo labels are ~62 tokens (digits split)
-    c.eval.batch_size = 128
-    c.eval.max_examples = 0  # all 600: a tiny model decodes them in about a second
-    c.checkpoint.every_steps = 1200
-    if arg:  # a named preset fine-tunes its pretrained checkpoint unless `scratch` is given
-        c.model.from_pretrained = "google/t5-v1_1-base"
-        apply_arg(c, arg)
-    return c

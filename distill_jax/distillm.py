@@ -22,35 +22,28 @@ from distill_jax.config_defaults import DATASETS, HUB_IDS, dataset_config
 def build_parser() -> argparse.ArgumentParser:
     """The reference's flags (plus the fork's --output_dir)."""
     p = argparse.ArgumentParser(prog="distillm", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", type=str, required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--subsample", type=float, default=1.0)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--max_steps", type=int, default=10000)
     p.add_argument("--eval_steps", type=int, default=250)
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--optimizer_name", type=str, default="AdamW")
+    p.add_argument("--optimizer_name", default="AdamW")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--run", type=int, default=0)
-    p.add_argument("--from_pretrained", type=str, default="google/t5-v1_1-base")
-    p.add_argument("--label_type", type=str, default="gt", choices=("gt", "llm"))
-    p.add_argument(
-        "--llm",
-        type=str,
-        default=None,
-        help="default: 'generic' for --dataset generic, else 'palm'",
-    )
+    p.add_argument("--from_pretrained", default="google/t5-v1_1-base")
+    p.add_argument("--label_type", default="gt", choices=("gt", "llm"))
+    p.add_argument("--llm", help="default: 'generic' for --dataset generic, else 'palm'")
     p.add_argument("--max_input_length", type=int, default=1024)
     p.add_argument("--grad_steps", type=int, default=1)
     p.add_argument("--local_rank", type=int, default=-1, help="accepted and ignored")
     p.add_argument("--gen_max_len", type=int, default=64)
     p.add_argument("--parallelize", action="store_true", help="shard the model over all devices")
-    p.add_argument(
-        "--model_type", type=str, default="task_prefix", choices=("task_prefix", "standard")
-    )
+    p.add_argument("--model_type", default="task_prefix", choices=("task_prefix", "standard"))
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--no_log", action="store_true", help="no TensorBoard")
     p.add_argument("--output_rationale", action="store_true")
-    p.add_argument("--output_dir", type=str, default=None, help="workdir (default: ckpts/...)")
+    p.add_argument("--output_dir", help="workdir (default: ckpts/...)")
     return p
 
 

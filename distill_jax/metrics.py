@@ -1,9 +1,8 @@
 """Accuracy metrics: exact match for text labels, a safe arithmetic evaluator for equations.
 
-The reference (`metrics.py`) scores SVAMP/ASDiv by calling Python's `eval()` on the model's
-output, which runs arbitrary code from generated text. `safe_eval` instead walks the `ast` of
-the expression and allows only numbers, `+ - * /`, unary `+ -` and parentheses, with bounds on
-length, node count and magnitude, so a hostile or degenerate output is simply scored wrong.
+The reference scores SVAMP/ASDiv with Python's `eval()` on the model's output, which runs
+arbitrary code from generated text. `safe_eval` walks the expression's `ast` instead, with bounds
+on length, node count and magnitude, so a hostile or degenerate output is simply scored wrong.
 """
 
 from __future__ import annotations
@@ -35,41 +34,31 @@ _BINARY_OPS: dict[type, Callable[[float, float], float]] = {
 _UNARY_OPS: dict[type, Callable[[float], float]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
-class _Rejected(Exception):
-    """The expression uses something outside the allowed arithmetic or exceeds a bound."""
-
-
 def _checked(value: float) -> float:
     if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
-        raise _Rejected
+        raise ValueError(value)
     return value
 
 
 def _evaluate(node: ast.AST) -> float:
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body)
     if isinstance(node, ast.Constant):
         # bool is an int subclass: `True + 1` is not an equation.
         if type(node.value) not in (int, float):
-            raise _Rejected
+            raise ValueError(node.value)
         return _checked(float(node.value))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPS:
         return _checked(_UNARY_OPS[type(node.op)](_evaluate(node.operand)))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
         left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Div) and right == 0:
-            raise _Rejected
-        return _checked(_BINARY_OPS[type(node.op)](left, right))
-    raise _Rejected  # names, calls, attributes, lambdas, **, //, %, comparisons, ...
+        return _checked(_BINARY_OPS[type(node.op)](left, right))  # x / 0: ZeroDivisionError
+    raise ValueError(node)  # names, calls, attributes, lambdas, **, //, %, comparisons, ...
 
 
 def safe_eval(expr: str) -> float | None:
     """Value of an arithmetic expression, or None if it is not a bounded `+ - * /` expression.
 
-    Never executes code: the text is parsed with `ast.parse(mode='eval')` and only number
-    constants, binary `+ - * /`, unary `+ -` and parentheses are evaluated. None for anything
-    else, for text longer than MAX_EXPR_CHARS, more than MAX_AST_NODES nodes, a constant or
-    intermediate value beyond MAX_MAGNITUDE, or a division by zero.
+    Never executes code: only number constants, `+ - * /`, unary `+ -` and parentheses are
+    evaluated; None past MAX_EXPR_CHARS, MAX_AST_NODES or MAX_MAGNITUDE, or on division by zero.
     """
     if not isinstance(expr, str):
         return None
@@ -83,14 +72,19 @@ def safe_eval(expr: str) -> float | None:
     if sum(1 for _ in ast.walk(tree)) > MAX_AST_NODES:
         return None
     try:
-        return _evaluate(tree)
-    except (_Rejected, ArithmeticError, RecursionError):
+        return _evaluate(tree.body)
+    except (ValueError, ArithmeticError, RecursionError):  # outside the arithmetic or a bound
         return None
 
 
-def _check_lengths(preds: Sequence[str], labels: Sequence[str]) -> None:
+def _fraction(
+    preds: Sequence[str], labels: Sequence[str], hit: Callable[[str, str], bool]
+) -> float:
+    """Fraction of (prediction, label) pairs that `hit`; 0.0 for empty inputs (not NaN)."""
     if len(preds) != len(labels):
         raise ValueError(f"{len(preds)} predictions but {len(labels)} labels")
+    hits = sum(hit(p, t) for p, t in zip(preds, labels, strict=True))
+    return hits / len(preds) if preds else 0.0
 
 
 def exact_match_accuracy(preds: Sequence[str], labels: Sequence[str]) -> float:
@@ -98,36 +92,26 @@ def exact_match_accuracy(preds: Sequence[str], labels: Sequence[str]) -> float:
 
     The reference compares decoded strings with `==`; its tokenizer's decoding already drops
     surrounding spaces, so stripping both sides gives the same answer on decoded text.
-    Returns 0.0 for empty inputs (instead of the reference's NaN).
     """
-    _check_lengths(preds, labels)
-    if not preds:
-        return 0.0
-    hits = sum(str(p).strip() == str(t).strip() for p, t in zip(preds, labels, strict=True))
-    return hits / len(preds)
+    return _fraction(preds, labels, lambda p, t: str(p).strip() == str(t).strip())
+
+
+def _same_value(pred: str, label: str) -> bool:
+    p, t = safe_eval(pred), safe_eval(label)
+    return p is not None and t is not None and math.isclose(p, t, rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 
 def equation_accuracy(preds: Sequence[str], labels: Sequence[str]) -> float:
     """Fraction of predictions whose value equals the label's value (SVAMP / ASDiv).
 
     Both sides go through `safe_eval`; a side that does not evaluate counts as wrong (the
-    reference maps it to NaN, and NaN never compares equal). Returns 0.0 for empty inputs.
+    reference maps it to NaN, and NaN never compares equal).
     """
-    _check_lengths(preds, labels)
-    if not preds:
-        return 0.0
-    hits = 0
-    for pred, label in zip(preds, labels, strict=True):
-        p, t = safe_eval(pred), safe_eval(label)
-        hits += (
-            p is not None and t is not None and math.isclose(p, t, rel_tol=REL_TOL, abs_tol=ABS_TOL)
-        )
-    return hits / len(preds)
+    return _fraction(preds, labels, _same_value)
 
 
 def accuracy(preds: Sequence[str], labels: Sequence[str], dataset_name: str) -> float:
-    """The reference's metric for `dataset_name`: equation accuracy for svamp/asdiv, else
-    exact match."""
+    """The reference's metric: equation accuracy for svamp/asdiv, else exact match."""
     if dataset_name in EQUATION_DATASETS:
         return equation_accuracy(preds, labels)
     return exact_match_accuracy(preds, labels)

@@ -1,17 +1,16 @@
 """T5 tokenizer: SentencePiece (`spiece.model`) or `tokenizer.json`, and training a new vocab.
 
-Ids follow T5: pad 0, eos 1, unk 2, then the SentencePiece pieces, then 100 sentinel tokens
-`<extra_id_99>` .. `<extra_id_0>` at the top (so `<extra_id_0>` has the largest id). Encoding
-matches `transformers.AutoTokenizer(dir)(text, add_special_tokens=False).input_ids` of
-transformers 5: special tokens written literally in the text (e.g. the `</s>` that e-SNLI
-inputs use between premise and hypothesis) become their ids, and the text between them is
-encoded on its own.
+Ids follow T5: pad 0, eos 1, unk 2, the SentencePiece pieces, then 100 sentinels with
+`<extra_id_0>` the largest id. Encoding matches transformers 5's `AutoTokenizer(dir)(text,
+add_special_tokens=False).input_ids`: special tokens written in the text (e.g. e-SNLI's `</s>`
+between premise and hypothesis) become their ids, the text between them is encoded on its own.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import os
 import pathlib
@@ -25,6 +24,7 @@ import tokenizers
 from distill_jax.errors import UserError
 
 EXTRA_IDS = 100
+EXTRA_PIECES = tuple(f"<extra_id_{i}>" for i in range(EXTRA_IDS))  # <extra_id_0> has the top id
 SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")
 # Unicode White_Space characters that SentencePiece's nmt_nfkc rules leave alone but the
 # `tokenizers` whitespace split (used by transformers) treats as spaces.
@@ -43,26 +43,24 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
         raise
 
 
-def _t5_pre_tokenizer() -> tokenizers.pre_tokenizers.PreTokenizer:
-    """The pre-tokenizer transformers 5's T5Tokenizer installs: split on whitespace, prefix '▁'."""
-    return tokenizers.pre_tokenizers.Sequence(
+def _set_t5_metaspace(tk: tokenizers.Tokenizer) -> None:
+    """Sets the pre-tokenizer and decoder transformers 5's T5Tokenizer installs (spaces -> '▁')."""
+    metaspace = dict(replacement="▁", prepend_scheme="always", split=True)
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
         [
             tokenizers.pre_tokenizers.WhitespaceSplit(),
-            tokenizers.pre_tokenizers.Metaspace(
-                replacement="▁", prepend_scheme="always", split=True
-            ),
+            tokenizers.pre_tokenizers.Metaspace(**metaspace),
         ]
     )
+    tk.decoder = tokenizers.decoders.Metaspace(**metaspace)
 
 
 class Tokenizer:
     """A T5 tokenizer backed by SentencePiece or by a `tokenizers` tokenizer.json.
 
-    Two backends on purpose: a `spiece.model` could be converted to `tokenizers` (as `save`
-    does for tokenizer.json), but through `tokenizers` the same vocabulary encodes the demo's
-    texts 4-5x slower than through SentencePiece (`benchmarks/tokenizer.py`, BENCHMARKS.md);
-    at e-SNLI size, where tokenizing took ~37 s (issue 9), that would be minutes.
-    tests/test_tokenizer.py holds both to transformers' ids.
+    Two backends on purpose: a `spiece.model` converts to `tokenizers` (as `save` does), but
+    that encodes the demo's texts 4-5x slower (`benchmarks/tokenizer.py`, BENCHMARKS.md): at
+    e-SNLI size, minutes. tests/test_tokenizer.py holds both to transformers' ids.
     """
 
     pad_id = 0
@@ -78,34 +76,28 @@ class Tokenizer:
         self._tk: tokenizers.Tokenizer | None = None
         if sp_model is not None:
             self._sp = spm.SentencePieceProcessor(model_proto=sp_model)
-            pieces = self._sp.get_piece_size()
-            self.vocab_size = pieces + EXTRA_IDS
+            self._num_pieces = self._sp.get_piece_size()
+            self.vocab_size = self._num_pieces + EXTRA_IDS
             self._special = {p: i for i, p in enumerate(SPECIAL_PIECES)}
-            self._special.update(
-                {f"<extra_id_{i}>": pieces + EXTRA_IDS - 1 - i for i in range(100)}
-            )
-            self._num_pieces = pieces
-            found = tuple(self._sp.id_to_piece(i) for i in range(3))
+            self._special.update({x: self.vocab_size - 1 - i for i, x in enumerate(EXTRA_PIECES)})
+            # One group, so that re.split keeps the special tokens (at the odd indices).
+            names = sorted(self._special, key=len, reverse=True)
+            self._special_re = re.compile(f"({'|'.join(map(re.escape, names))})")
+            id_to_piece = self._sp.id_to_piece
         else:
             self._tk = tokenizers.Tokenizer.from_str(tokenizer_json)
             if json.loads(tokenizer_json).get("model", {}).get("type") == "Unigram":
                 # transformers 5 rebuilds T5 tokenizers with this pre-tokenizer whatever the file
                 # says; the file's own normalizer is kept only for its precompiled charsmap.
                 self._tk.normalizer = _precompiled_normalizer(json.loads(tokenizer_json))
-                self._tk.pre_tokenizer = _t5_pre_tokenizer()
-                self._tk.decoder = tokenizers.decoders.Metaspace(
-                    replacement="▁", prepend_scheme="always", split=True
-                )
-            self.vocab_size = self._tk.get_vocab_size(with_added_tokens=True)
-            self._num_pieces = self.vocab_size
-            found = tuple(self._tk.id_to_token(i) for i in range(3))
+                _set_t5_metaspace(self._tk)
+            self.vocab_size = self._num_pieces = self._tk.get_vocab_size(with_added_tokens=True)
+            id_to_piece = self._tk.id_to_token
+        found = tuple(map(id_to_piece, range(3)))
         if found != SPECIAL_PIECES:
             raise UserError(
                 f"tokenizer: ids 0, 1, 2 must be {SPECIAL_PIECES} as in T5, got {found}"
             )
-        if self._sp is not None:
-            names = sorted(self._special, key=len, reverse=True)
-            self._special_re = re.compile("|".join(re.escape(s) for s in names))
 
     # ----------------------------------------------------------------------------- loading
 
@@ -113,23 +105,19 @@ class Tokenizer:
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
         """Loads `spiece.model` (preferred) or `tokenizer.json` from a directory."""
         path = pathlib.Path(path)
-        if (path / "spiece.model").is_file():
-            data = (path / "spiece.model").read_bytes()
-            try:
-                return cls(sp_model=data)
-            except RuntimeError as e:
-                raise UserError(f"{path / 'spiece.model'}: not a SentencePiece model ({e})") from e
-            except UserError as e:
-                raise UserError(f"{path / 'spiece.model'}: {e}") from e
-        if (path / "tokenizer.json").is_file():
-            text = (path / "tokenizer.json").read_text(encoding="utf-8")
-            try:
-                return cls(tokenizer_json=text)
-            except UserError as e:
-                raise UserError(f"{path / 'tokenizer.json'}: {e}") from e
-            except Exception as e:  # tokenizers raises plain Exception subclasses on bad JSON
-                raise UserError(f"{path / 'tokenizer.json'}: cannot load tokenizer ({e})") from e
-        raise UserError(f"{path}: no tokenizer found (expected spiece.model or tokenizer.json)")
+        sp, tj = path / "spiece.model", path / "tokenizer.json"
+        file = sp if sp.is_file() else tj
+        if not file.is_file():
+            raise UserError(f"{path}: no tokenizer found (expected spiece.model or tokenizer.json)")
+        try:
+            if file is sp:
+                return cls(sp_model=sp.read_bytes())
+            return cls(tokenizer_json=tj.read_text(encoding="utf-8"))
+        except UserError as e:
+            raise UserError(f"{file}: {e}") from e
+        except Exception as e:  # RuntimeError from sentencepiece, plain Exceptions from tokenizers
+            why = "not a SentencePiece model" if file is sp else "cannot load tokenizer"
+            raise UserError(f"{file}: {why} ({e})") from e
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike) -> Tokenizer:
@@ -177,19 +165,6 @@ class Tokenizer:
 
     # ----------------------------------------------------------------------------- encoding
 
-    def _chunks(self, text: str) -> tuple[list[str], list[int | None]]:
-        """Splits text at special tokens: plain chunks, and per piece a special id or None."""
-        chunks: list[str] = []
-        layout: list[int | None] = []
-        pos = 0
-        for m in self._special_re.finditer(text):
-            chunks.append(text[pos : m.start()].translate(_EXTRA_SPACES))
-            layout += [None, self._special[m.group()]]
-            pos = m.end()
-        chunks.append(text[pos:].translate(_EXTRA_SPACES))
-        layout.append(None)
-        return chunks, layout
-
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without EOS."""
         return self.encode_batch([text])[0]
@@ -198,25 +173,21 @@ class Tokenizer:
         """Token ids of each text, without EOS."""
         if self._tk is not None:
             return [e.ids for e in self._tk.encode_batch(list(texts), add_special_tokens=False)]
-        split = [self._chunks(t) for t in texts]
-        encoded = iter(self._sp.encode([c for chunks, _ in split for c in chunks]))
+        parts = [self._special_re.split(t) for t in texts]  # text, special, text, ..., text
+        plain = [p.translate(_EXTRA_SPACES) for ps in parts for p in ps[::2]]
+        encoded = iter(self._sp.encode(plain))
         out = []
-        for _, layout in split:
-            ids: list[int] = []
-            for special in layout:
-                ids += next(encoded) if special is None else [special]
+        for ps in parts:
+            ids = next(encoded)
+            for special in ps[1::2]:
+                ids += [self._special[special], *next(encoded)]
             out.append(ids)
         return out
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids` up to the first EOS; pad, unk, sentinels and ids past the vocab skipped."""
-        kept = []
-        for i in ids:
-            i = int(i)
-            if i == self.eos_id:
-                break
-            if self.unk_id < i < self._num_pieces:
-                kept.append(i)
+        ids = itertools.takewhile(lambda i: i != self.eos_id, map(int, ids))
+        kept = [i for i in ids if self.unk_id < i < self._num_pieces]
         if self._tk is not None:
             return self._tk.decode(kept, skip_special_tokens=True)
         return self._sp.decode(kept)
@@ -231,12 +202,10 @@ class Tokenizer:
         """Writes spiece.model (if SentencePiece), tokenizer.json and the HF config files."""
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        extras = [f"<extra_id_{i}>" for i in range(EXTRA_IDS)] if self._sp is not None else []
+        extras = list(EXTRA_PIECES) if self._sp is not None else []
         if self._sp is not None:
             _atomic_write(out / "spiece.model", self._sp_model)
-            tokenizer_json = _tokenizer_json_from_sp(self._sp_model)
-        else:
-            tokenizer_json = self._tokenizer_json
+        tokenizer_json = self._tokenizer_json or _tokenizer_json_from_sp(self._sp_model)
         _atomic_write(out / "tokenizer.json", tokenizer_json.encode("utf-8"))
         special = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
         config = {
@@ -277,14 +246,13 @@ def _tokenizer_json_from_sp(sp_model: bytes) -> str:
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(sp_model)
     vocab = [(p.piece, p.score) for p in proto.pieces]
-    vocab += [(f"<extra_id_{i}>", 0.0) for i in reversed(range(EXTRA_IDS))]
+    vocab += [(x, 0.0) for x in reversed(EXTRA_PIECES)]
     tk = tokenizers.Tokenizer(tokenizers.models.Unigram(vocab, unk_id=2, byte_fallback=False))
     charsmap = proto.normalizer_spec.precompiled_charsmap
     if charsmap:
         tk.normalizer = tokenizers.normalizers.Precompiled(charsmap)
-    tk.pre_tokenizer = _t5_pre_tokenizer()
-    tk.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    specials = list(SPECIAL_PIECES) + [f"<extra_id_{i}>" for i in reversed(range(EXTRA_IDS))]
+    _set_t5_metaspace(tk)
+    specials = (*SPECIAL_PIECES, *reversed(EXTRA_PIECES))
     tk.add_special_tokens(
         [tokenizers.AddedToken(s, special=True, normalized=False) for s in specials]
     )
