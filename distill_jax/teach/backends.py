@@ -131,7 +131,6 @@ class OpenAIBackend:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._key = api_key
         self.attempts = 0  # HTTP requests sent, retries included
-        self.answered = 0  # requests that got an answer
         std_logging.getLogger("httpx").setLevel(std_logging.WARNING)  # no per-request lines
 
     def _delay(self, attempt: int) -> float:
@@ -156,7 +155,6 @@ class OpenAIBackend:
                     text, pt, ct = completion_text(self.t.api, resp.json())
                 except ValueError as e:
                     return Answer(req.key, None, error=f"200 {e}")
-                self.answered += 1
                 return Answer(req.key, text, pt, ct)
             last = server_message(resp)
             if self._key:  # a server may echo what it was sent: never pass the key on
@@ -239,7 +237,6 @@ class HFBackend:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
         self.attempts = 0
-        self.answered = 0
 
     def _text(self, prompt: str) -> str:
         if self.t.api == "chat" and getattr(self.tok, "chat_template", None):
@@ -277,5 +274,4 @@ class HFBackend:
                 if self.tok.eos_token_id in ids:
                     ids = ids[: ids.index(self.tok.eos_token_id)]
                 text = self.tok.decode(ids, skip_special_tokens=True).split(STOP[0])[0]
-                self.answered += 1
                 on_answer(Answer(req.key, text, int(enc["attention_mask"][i].sum()), len(ids)))
