@@ -54,7 +54,6 @@ class Batcher:
     def __init__(self, predictor: Predictor, row_buckets: list[int], max_wait_s: float):
         self.predictor = predictor
         self.row_buckets = sorted(row_buckets)
-        self.max_rows = self.row_buckets[-1]
         self.max_wait_s = max_wait_s
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
@@ -78,7 +77,7 @@ class Batcher:
         """The first unit blocks; more join for at most max_wait_s; a None (stop) ends it."""
         units = [self._queue.get()]
         deadline = time.monotonic() + self.max_wait_s
-        while units[-1] is not None and len(units) < self.max_rows:
+        while units[-1] is not None and len(units) < self.row_buckets[-1]:
             try:  # a timeout of 0 takes only what is already queued
                 units.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:

@@ -3,13 +3,11 @@
 Both take a list of `Request`s and call `on_answer(Answer)` once per request as its answer
 arrives (in the caller's thread), so the caller can cache each answer the moment it exists.
 
-HTTP (`OpenAIBackend`, httpx): up to `teacher.concurrency` requests in flight; 429, 5xx,
-timeouts and connection errors are retried up to `teacher.max_retries` times with exponential
-backoff and jitter (a `Retry-After` header wins); other 4xx are not retried. The first request
-goes alone: if it gets no HTTP answer at all (nothing listening) the run stops after its
-retries; 401, 403, 404 and 405 (wrong key, URL or model) stop the run at once, so a wrong key
-costs one request, not `concurrency` doomed ones. The API key is read from
-the environment and sent only in the Authorization header; it is never stored or logged.
+HTTP (`OpenAIBackend`, httpx): 429, 5xx, timeouts and connection errors are retried (README.md,
+`teacher.max_retries`); other 4xx are not. The first request goes alone: if nothing answers at
+that address the run stops after its retries, and 401, 403, 404 and 405 (wrong key, URL or model)
+stop it at once, so a wrong key costs one request, not `concurrency` doomed ones. The API key is
+sent only in the Authorization header; it is never stored or logged.
 """
 
 from __future__ import annotations
@@ -172,18 +170,15 @@ class OpenAIBackend:
         conc = int(self.t.concurrency)
         # httpx's pool does work per request that grows with its connection count: several
         # small pools keep concurrency 32 as cheap per request as 8 (BENCHMARKS.md).
-        sizes = [min(POOL_SIZE, conc - i) for i in range(0, conc, POOL_SIZE)]
-        timeout = httpx.Timeout(float(self.t.timeout_s))
+        limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
         async with contextlib.AsyncExitStack() as stack:
             clients = [
                 await stack.enter_async_context(
                     httpx.AsyncClient(
-                        headers=self._headers,
-                        limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-                        timeout=timeout,
+                        headers=self._headers, limits=limits, timeout=float(self.t.timeout_s)
                     )
                 )
-                for n in sizes
+                for _ in range(0, conc, POOL_SIZE)  # worker k uses clients[k // POOL_SIZE]
             ]
             first = await self._one(clients[0], requests[0])  # alone: a wrong key costs one
             if first.error and first.error.startswith(_TRANSPORT):
