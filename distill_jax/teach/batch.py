@@ -18,7 +18,7 @@ from typing import Any
 from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json
 from distill_jax.errors import UserError
 from distill_jax.teach.backends import Answer, Request, completion_text, endpoint, request_body
-from distill_jax.teach.records import Record, write_jsonl
+from distill_jax.teach.records import Record, read_records, write_jsonl
 
 REQUESTS_FILE = "batch_requests.jsonl"
 INPUTS_FILE = "batch_inputs.jsonl"
@@ -44,7 +44,7 @@ def exported_records(teacher_dir: Path) -> list[Record]:
         raise UserError(
             f"{path}: not found; run teacher.backend=batch_export with the same --workdir first"
         )
-    return [Record(**item.value) for item in scan_json(read_utf8(path))]
+    return read_records(path)
 
 
 def read_results(path: str | Path, api: str) -> list[Answer]:

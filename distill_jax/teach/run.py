@@ -1,5 +1,4 @@
-"""`--mode=teach`: records -> teacher answers (cached) -> filtered `{input, label, rationale,
-llm_label}` records in OUT, with `<workdir>/teacher/{cache,rejected}.jsonl` and `summary.json`.
+"""`--mode=teach` end to end: records, prompts, cached answers, decisions, OUT and the summary.
 
 OUT and rejected.jsonl are written once, at the end, through a temp file and a rename: a crash
 never leaves a half-file, and the cache keeps every answer that had arrived, so the rerun asks
