@@ -146,8 +146,7 @@ def run_teach(
         raise UserError(f"config field data.name={config.data.name!r}: unknown dataset")
     if t.backend != "batch_export" and not output_path:
         raise UserError("--mode=teach needs --output=FILE (JSON Lines of the kept records)")
-    teacher_dir = Path(workdir) / TEACHER_DIR
-    teacher_dir.mkdir(parents=True, exist_ok=True)
+    teacher_dir = Path(workdir) / TEACHER_DIR  # made by AnswerCache
     records, source = _records(config, teacher_dir, input_path)
     keys, prompt_of = _plan(config, records)
     store = cache.AnswerCache(teacher_dir / "cache.jsonl")
