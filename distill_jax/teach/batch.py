@@ -28,11 +28,11 @@ def export(teacher_dir: Path, t: Any, records: list[Record], requests: list[Requ
     """Writes the Batch requests and the records they came from; returns the requests file."""
     url = "/v1" + endpoint(t.api)
     out = teacher_dir / REQUESTS_FILE
-    body = [
+    lines = [
         {"custom_id": r.key, "method": "POST", "url": url, "body": request_body(t, r.prompt)}
         for r in requests
     ]
-    write_jsonl(out, body)
+    write_jsonl(out, lines)
     write_jsonl(teacher_dir / INPUTS_FILE, map(dataclasses.asdict, records))
     return out
 
