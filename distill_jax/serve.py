@@ -6,21 +6,18 @@
     POST /predict  {"input": str} -> {"label": str}; {"inputs": [str, ...]} -> {"labels": [...]};
                    "rationale": true adds "rationale" / "rationales" (the explain: task)
 
-The model, prefixes, truncation and decoding settings are those of `--mode=predict`
-(`modes.load_predictor`). Requests are split into (text, task) units on one queue; a batcher
-thread takes up to `eval.batch_size` units, waiting at most `serve.max_wait_ms` for more to
-arrive, decodes each task's units together in the smallest compiled row bucket (every input
-length bucket compiled at start-up), and hands each caller its outputs. SIGTERM: uvicorn stops
-accepting, the requests in flight finish, the process exits 0. One process only: the HTTP
-front end and the batcher live in one Python process (a pod-sized model would need every host to
-join each decode; out of scope).
+The model and its settings are those of `--mode=predict` (`modes.load_predictor`). A batcher
+thread takes up to `eval.batch_size` queued (text, task) units, waiting at most
+`serve.max_wait_ms` for more, and decodes each task's units together in the smallest row bucket
+(every decode shape is compiled at start-up). SIGTERM: uvicorn stops accepting, the requests in
+flight finish, the process exits 0. One process only: a pod-sized model would need every host to
+join each decode (out of scope).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import dataclasses
 import json
 import pathlib
@@ -28,8 +25,6 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import ml_collections
 from absl import logging
@@ -38,8 +33,6 @@ from fastapi.responses import JSONResponse
 
 from distill_jax.errors import UserError
 from distill_jax.predictor import Predictor
-
-_FIELDS = ("input", "inputs", "rationale")
 
 
 class BadRequest(ValueError):
@@ -61,7 +54,6 @@ class Batcher:
     def __init__(self, predictor: Predictor, row_buckets: list[int], max_wait_s: float):
         self.predictor = predictor
         self.row_buckets = sorted(row_buckets)
-        self.max_rows = self.row_buckets[-1]
         self.max_wait_s = max_wait_s
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
@@ -81,30 +73,24 @@ class Batcher:
         self._queue.put(None)
         self._thread.join()
 
-    def _take(self) -> tuple[list, bool]:
-        """(units, stop): the first unit blocks; more join for at most max_wait_s."""
-        first = self._queue.get()
-        if first is None:
-            return [], True
-        units = [first]
+    def _take(self) -> list:
+        """The first unit blocks; more join for at most max_wait_s; a None (stop) ends it."""
+        units = [self._queue.get()]
         deadline = time.monotonic() + self.max_wait_s
-        while len(units) < self.max_rows:
-            left = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+        while units[-1] is not None and len(units) < self.row_buckets[-1]:
+            try:  # a timeout of 0 takes only what is already queued
+                units.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
-            if item is None:
-                return units, True
-            units.append(item)
-        return units, False
+        return units
 
     def _run(self) -> None:
         stop = False
         while not stop:
-            units, stop = self._take()
+            units = self._take()
+            stop = units[-1] is None
             by_task: dict[str, list] = {}
-            for unit in units:
+            for unit in units[:-1] if stop else units:
                 by_task.setdefault(unit[1], []).append(unit)
             for task, group in by_task.items():
                 self._decode(task, group)
@@ -136,7 +122,7 @@ def parse_request(body: bytes, has_rationales: bool) -> tuple[list[str], bool, b
         raise BadRequest(f"the body is not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - set(_FIELDS))
+    unknown = sorted(set(obj) - {"input", "inputs", "rationale"})
     if unknown:
         raise BadRequest(f"unknown field(s) {unknown}; expected 'input' or 'inputs', 'rationale'")
     if ("input" in obj) == ("inputs" in obj):
@@ -239,24 +225,20 @@ def create_app(state: ServerState):
             outputs = await asyncio.wrap_future(state.batcher.submit(texts, tasks))
         except Exception as e:
             return JSONResponse({"error": f"decoding failed: {e}"}, status_code=500)
-        labels = outputs[p.label_task]
+        names = {p.label_task: "label", "explain": "rationale"}  # outputs: in the order of tasks
         if single:
-            answer: dict[str, Any] = {"label": labels[0]}
-            if rationale:
-                answer["rationale"] = outputs["explain"][0]
-        else:
-            answer = {"labels": labels}
-            if rationale:
-                answer["rationales"] = outputs["explain"]
-        return answer
+            return {names[task]: out[0] for task, out in outputs.items()}
+        return {names[task] + "s": out for task, out in outputs.items()}
 
     return app
 
 
-def load(state: ServerState, load_predictor: Callable[[], tuple[Predictor, int]], config) -> None:
+def load(state: ServerState, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
     """Loads the model, compiles every decode shape, starts the batcher, then marks ready."""
+    from distill_jax import modes
+
     s = config.serve
-    p, step = load_predictor()
+    p, step = modes.load_predictor(config, workdir)
     rows = p.row_buckets(s.row_buckets)
     tasks = [p.label_task] + (["explain"] if p.has_rationales else [])
     t0 = time.time()
@@ -271,24 +253,10 @@ def load(state: ServerState, load_predictor: Callable[[], tuple[Predictor, int]]
     print(f"ready: {state.model} (step {step}), {n} decode shapes compiled", flush=True)
 
 
-@contextlib.contextmanager
-def _exit_zero_on_sigterm():
-    """uvicorn re-raises the signal it shut down on after its graceful shutdown; a no-op handler
-    underneath it makes that a normal return, so SIGTERM ends in exit 0."""
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def run_serve(config: ml_collections.ConfigDict, workdir: pathlib.Path, host: str, port: int):
     """Serves until SIGTERM/SIGINT; the HTTP port answers (503) while the model loads."""
     import jax
     import uvicorn
-
-    from distill_jax import modes
 
     if jax.process_count() > 1:
         raise UserError(
@@ -308,15 +276,21 @@ def run_serve(config: ml_collections.ConfigDict, workdir: pathlib.Path, host: st
 
     def loader():
         try:
-            load(state, lambda: modes.load_predictor(config, workdir), config)
+            load(state, config, workdir)
         except BaseException as e:
             state.error = e
             server.should_exit = True  # the error is raised below, after uvicorn stops
 
     threading.Thread(target=loader, name="loader", daemon=True).start()
     print(f"serving on http://{host}:{port} (503 on /health until the model is ready)", flush=True)
-    with _exit_zero_on_sigterm():
+    # uvicorn re-raises the signal it shut down on after its graceful shutdown; a no-op handler
+    # underneath it makes that a normal return, so SIGTERM ends in exit 0.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
         server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if state.batcher is not None:
         state.batcher.stop()
     if state.error is not None:

@@ -15,8 +15,8 @@ import re
 
 from distill_jax import metrics
 from distill_jax.data import parsers
+from distill_jax.data.sources import NLI_LABELS
 
-NLI_LABELS = ("entailment", "neutral", "contradiction")
 _MARKER = "So the answer is"
 _CHOICE_LINE = re.compile(r"^\(([a-e])\) (.+)$", re.MULTILINE)
 
@@ -103,8 +103,6 @@ class Decision:
     rationale: str
     llm_label: str
     reason: str | None  # None | 'unparseable' | 'disagrees_with_gold' | 'no_majority'
-    votes: int  # samples that gave the chosen label
-    parsed: int  # samples that parsed
 
 
 def decide(
@@ -116,7 +114,7 @@ def decide(
     if not parsed:
         raw = texts[0].strip() if texts else ""
         reason = None if filter_name == "none" else "unparseable"
-        return Decision(raw, "", reason, 0, 0)
+        return Decision(raw, "", reason)
     counts = collections.Counter(vote_key(dataset, label) for _, label in parsed)
     best, votes = counts.most_common(1)[0]  # ties: the label seen first wins
     rationale, label = next(p for p in parsed if vote_key(dataset, p[1]) == best)
@@ -125,7 +123,7 @@ def decide(
         reason = "disagrees_with_gold"
     elif filter_name == "majority" and not votes > len(texts) / 2:
         reason = "no_majority"
-    return Decision(rationale, label, reason, votes, len(parsed))
+    return Decision(rationale, label, reason)
 
 
 def per_label_accuracy(
@@ -136,11 +134,7 @@ def per_label_accuracy(
     golds = {g for g, _ in rows}
     if dataset in metrics.EQUATION_DATASETS or not rows or len(golds) > max_labels:
         return None
-    out = {}
-    for g in sorted(golds):
-        preds = [p for gg, p in rows if gg == g]
-        out[g] = sum(agrees(dataset, p, g) for p in preds) / len(preds)
-    return out
+    return {g: accuracy(dataset, [row for row in rows if row[0] == g]) for g in sorted(golds)}
 
 
 def accuracy(dataset: str, rows: list[tuple[str, str]]) -> float | None:

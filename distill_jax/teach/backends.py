@@ -3,13 +3,11 @@
 Both take a list of `Request`s and call `on_answer(Answer)` once per request as its answer
 arrives (in the caller's thread), so the caller can cache each answer the moment it exists.
 
-HTTP (`OpenAIBackend`, httpx): up to `teacher.concurrency` requests in flight; 429, 5xx,
-timeouts and connection errors are retried up to `teacher.max_retries` times with exponential
-backoff and jitter (a `Retry-After` header wins); other 4xx are not retried. The first request
-goes alone: if it gets no HTTP answer at all (nothing listening) the run stops after its
-retries; 401, 403, 404 and 405 (wrong key, URL or model) stop the run at once, so a wrong key
-costs one request, not `concurrency` doomed ones. The API key is read from
-the environment and sent only in the Authorization header; it is never stored or logged.
+HTTP (`OpenAIBackend`, httpx): 429, 5xx, timeouts and connection errors are retried (README.md,
+`teacher.max_retries`); other 4xx are not. The first request goes alone: if nothing answers at
+that address the run stops after its retries, and 401, 403, 404 and 405 (wrong key, URL or model)
+stop it at once, so a wrong key costs one request, not `concurrency` doomed ones. The API key is
+sent only in the Authorization header; it is never stored or logged.
 """
 
 from __future__ import annotations
@@ -131,7 +129,6 @@ class OpenAIBackend:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._key = api_key
         self.attempts = 0  # HTTP requests sent, retries included
-        self.answered = 0  # requests that got an answer
         std_logging.getLogger("httpx").setLevel(std_logging.WARNING)  # no per-request lines
 
     def _delay(self, attempt: int) -> float:
@@ -156,7 +153,6 @@ class OpenAIBackend:
                     text, pt, ct = completion_text(self.t.api, resp.json())
                 except ValueError as e:
                     return Answer(req.key, None, error=f"200 {e}")
-                self.answered += 1
                 return Answer(req.key, text, pt, ct)
             last = server_message(resp)
             if self._key:  # a server may echo what it was sent: never pass the key on
@@ -174,18 +170,15 @@ class OpenAIBackend:
         conc = int(self.t.concurrency)
         # httpx's pool does work per request that grows with its connection count: several
         # small pools keep concurrency 32 as cheap per request as 8 (BENCHMARKS.md).
-        sizes = [min(POOL_SIZE, conc - i) for i in range(0, conc, POOL_SIZE)]
-        timeout = httpx.Timeout(float(self.t.timeout_s))
+        limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
         async with contextlib.AsyncExitStack() as stack:
             clients = [
                 await stack.enter_async_context(
                     httpx.AsyncClient(
-                        headers=self._headers,
-                        limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-                        timeout=timeout,
+                        headers=self._headers, limits=limits, timeout=float(self.t.timeout_s)
                     )
                 )
-                for n in sizes
+                for _ in range(0, conc, POOL_SIZE)  # worker k uses clients[k // POOL_SIZE]
             ]
             first = await self._one(clients[0], requests[0])  # alone: a wrong key costs one
             if first.error and first.error.startswith(_TRANSPORT):
@@ -239,7 +232,6 @@ class HFBackend:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
         self.attempts = 0
-        self.answered = 0
 
     def _text(self, prompt: str) -> str:
         if self.t.api == "chat" and getattr(self.tok, "chat_template", None):
@@ -277,5 +269,4 @@ class HFBackend:
                 if self.tok.eos_token_id in ids:
                     ids = ids[: ids.index(self.tok.eos_token_id)]
                 text = self.tok.decode(ids, skip_special_tokens=True).split(STOP[0])[0]
-                self.answered += 1
                 on_answer(Answer(req.key, text, int(enc["attention_mask"][i].sum()), len(ids)))

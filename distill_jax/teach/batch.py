@@ -12,52 +12,28 @@ usual filter and output steps run on the records of `batch_inputs.jsonl`.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json
 from distill_jax.errors import UserError
 from distill_jax.teach.backends import Answer, Request, completion_text, endpoint, request_body
-from distill_jax.teach.records import Record
+from distill_jax.teach.records import Record, read_records, write_jsonl
 
 REQUESTS_FILE = "batch_requests.jsonl"
 INPUTS_FILE = "batch_inputs.jsonl"
-
-
-def _write_atomic(path: Path, lines: Iterable[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line + "\n")
-    os.replace(tmp, path)
 
 
 def export(teacher_dir: Path, t: Any, records: list[Record], requests: list[Request]) -> Path:
     """Writes the Batch requests and the records they came from; returns the requests file."""
     url = "/v1" + endpoint(t.api)
     out = teacher_dir / REQUESTS_FILE
-    _write_atomic(
-        out,
-        (
-            json.dumps(
-                {
-                    "custom_id": r.key,
-                    "method": "POST",
-                    "url": url,
-                    "body": request_body(t, r.prompt),
-                },
-                ensure_ascii=False,
-            )
-            for r in requests
-        ),
-    )
-    _write_atomic(
-        teacher_dir / INPUTS_FILE,
-        (json.dumps(dataclasses.asdict(r), ensure_ascii=False) for r in records),
-    )
+    lines = [
+        {"custom_id": r.key, "method": "POST", "url": url, "body": request_body(t, r.prompt)}
+        for r in requests
+    ]
+    write_jsonl(out, lines)
+    write_jsonl(teacher_dir / INPUTS_FILE, map(dataclasses.asdict, records))
     return out
 
 
@@ -68,7 +44,7 @@ def exported_records(teacher_dir: Path) -> list[Record]:
         raise UserError(
             f"{path}: not found; run teacher.backend=batch_export with the same --workdir first"
         )
-    return [Record(**item.value) for item in scan_json(read_utf8(path))]
+    return read_records(path)
 
 
 def read_results(path: str | Path, api: str) -> list[Answer]:

@@ -15,29 +15,27 @@ from pathlib import Path
 from typing import Any
 
 from distill_jax.errors import UserError
+from distill_jax.teach.prompts import STOP
 
 KEY_VERSION = 1  # bump when the key's recipe changes
 
 
-def request_key(
-    *,
-    model: str,
-    backend: str,
-    api: str,
-    prompt: str,
-    prompt_version: str,
-    sampling: dict[str, Any],
-    sample: int,
-) -> str:
-    """Hex sha256 of what one answer depends on (also the Batch API's custom_id)."""
+def request_key(t: Any, prompt: str, prompt_version: str, sample: int) -> str:
+    """Hex sha256 of what one answer to `prompt` from teacher settings `t` depends on (also the
+    Batch API's custom_id)."""
     payload = {
         "v": KEY_VERSION,
-        "model": model,
-        "backend": backend,  # 'openai' for the HTTP and batch backends (same requests), 'hf'
-        "api": api,
+        "model": str(t.model),
+        # 'openai' for the HTTP and batch backends (batch files hold the same requests), 'hf'
+        "backend": "hf" if t.backend == "hf" else "openai",
+        "api": t.api,
         "prompt": prompt,
         "prompt_version": prompt_version,
-        "sampling": sampling,
+        "sampling": {
+            "temperature": float(t.temperature),
+            "max_tokens": int(t.max_tokens),
+            "stop": STOP,
+        },
         "sample": sample,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -1,23 +1,12 @@
 """Few-shot chain-of-thought prompts: built-in ones per dataset, or a user's template file.
 
-Every prompt has the paper's form (Wei et al. 2022, as used by Hsieh et al. 2023):
-
-    Q: <question>
-    A: <reasoning>. So the answer is <label>.
-
-The built-in shots below were written for this project (the reference never released its
-prompts). Each dataset's prompt carries a version string that enters the cache key, so editing
-a prompt re-asks the teacher instead of reusing answers to the old one.
-
-A `teacher.prompt_file` is plain text with these placeholders (replaced literally, so other
-braces in the file are left alone):
-
-    {shots}  the few-shot block: "Q: ...\\nA: ... So the answer is ....\\n\\n" per shot
-    {input}  the record's input (for NLI data: "Premise: ...\\nHypothesis: ...")
-    {label}  the gold label (needed with teacher.rationalize=True, STaR-style)
-
-With `teacher.rationalize=True` (STaR's rationalization) the gold label is shown as a hint and
-the teacher is asked for the reasoning that leads to it.
+Every prompt has the paper's form (Wei et al. 2022, as used by Hsieh et al. 2023): shots
+"Q: <question>\nA: <reasoning>. So the answer is <label>.", then the record's "Q: ...\nA:". The
+built-in shots were written for this project (the reference never released its prompts). A
+prompt's version string enters the cache key, so editing a prompt re-asks the teacher instead of
+reusing answers to the old one. A `teacher.prompt_file`'s placeholders {shots}, {input} and
+{label} (README.md) are replaced literally, so other braces in the file are left alone; with
+`teacher.rationalize=True` (STaR) the gold label is shown as a hint and the teacher asked why.
 """
 
 from __future__ import annotations
@@ -26,9 +15,9 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
+from distill_jax.data.sources import NLI_SEPARATOR
 from distill_jax.errors import UserError
 
-NLI_SEPARATOR = "</s>"  # how sources.py joins premise and hypothesis
 STOP = ["\nQ:"]  # the teacher starting another shot: stop there
 
 
@@ -194,15 +183,11 @@ def _hint(label: str) -> str:
 
 def render_shots(dataset: str, shots: list[Shot] | tuple[Shot, ...], rationalize: bool) -> str:
     """The few-shot block, one `Q: ... A: ... So the answer is ....` paragraph per shot."""
-    out = []
-    for s in shots:
-        hint = _hint(s.label) if rationalize else ""
-        reasoning = s.rationale.rstrip()
-        out.append(
-            f"Q: {show_input(dataset, s.input)}{hint}\n"
-            f"A: {reasoning} So the answer is {s.label}.\n\n"
-        )
-    return "".join(out)
+    return "".join(
+        f"Q: {show_input(dataset, s.input)}{_hint(s.label) if rationalize else ''}\n"
+        f"A: {s.rationale.rstrip()} So the answer is {s.label}.\n\n"
+        for s in shots
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,9 +219,8 @@ def make_prompter(dataset: str, prompt_file: str, rationalize: bool) -> tuple[Pr
     if not prompt_file:
         template = builtin.instruction + "\n\n{shots}Q: {input}\nA:"
         return Prompter(dataset, template, builtin.version, rationalize), builtin.shots
-    path = Path(prompt_file)
     try:
-        template = path.read_text(encoding="utf-8")
+        template = Path(prompt_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(
             f"config field teacher.prompt_file={prompt_file!r}: cannot read: {e}"

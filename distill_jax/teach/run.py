@@ -1,5 +1,4 @@
-"""`--mode=teach`: records -> teacher answers (cached) -> filtered `{input, label, rationale,
-llm_label}` records in OUT, with `<workdir>/teacher/{cache,rejected}.jsonl` and `summary.json`.
+"""`--mode=teach` end to end: records, prompts, cached answers, decisions, OUT and the summary.
 
 OUT and rejected.jsonl are written once, at the end, through a temp file and a rename: a crash
 never leaves a half-file, and the cache keeps every answer that had arrived, so the rerun asks
@@ -23,21 +22,9 @@ from distill_jax import config_check
 from distill_jax.data import sources
 from distill_jax.errors import UserError
 from distill_jax.teach import answers, backends, batch, cache, prompts
-from distill_jax.teach.records import Record, dataset_records, read_records
+from distill_jax.teach.records import Record, dataset_records, read_records, write_jsonl
 
 TEACHER_DIR = "teacher"
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """JSON Lines through a temp file and a rename (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _records(config, teacher_dir: Path, input_path: str) -> tuple[list[Record], str]:
@@ -63,11 +50,8 @@ def _shots_for(records: list[Record], t, builtin: tuple) -> list[list[prompts.Sh
             f"config field teacher.num_shots={n}: the input has only {len(pool)} record(s) "
             "with both a 'label' and a 'rationale' to use as shots"
         )
-    out = []
-    for i in range(len(records)):
-        picked = [prompts.Shot(r.input, r.rationale, r.label) for j, r in pool if j != i][:n]
-        out.append(picked)
-    return out
+    shots = [(j, prompts.Shot(r.input, r.rationale, r.label)) for j, r in pool]
+    return [[s for j, s in shots if j != i][:n] for i in range(len(records))]
 
 
 def _plan(config, records: list[Record]) -> tuple[list[list[str]], dict[str, str]]:
@@ -82,43 +66,19 @@ def _plan(config, records: list[Record]) -> tuple[list[list[str]], dict[str, str
                     f"{k + 1} has no 'label'"
                 )
     prompter, builtin = prompts.make_prompter(dataset, t.prompt_file, bool(t.rationalize))
-    sampling = {
-        "temperature": float(t.temperature),
-        "max_tokens": int(t.max_tokens),
-        "stop": prompts.STOP,
-    }
     if int(t.num_samples) > 1 and float(t.temperature) == 0:
         logging.warning(
             "teacher.num_samples=%d with teacher.temperature=0: greedy samples are identical, "
             "so the vote decides nothing; set a temperature above 0",
             int(t.num_samples),
         )
-    family = "hf" if t.backend == "hf" else "openai"  # batch files send the HTTP requests
     keys, prompt_of = [], {}
     for r, shots in zip(records, _shots_for(records, t, builtin), strict=True):
         prompt = prompter.render(r.input, r.label, shots)
-        row = []
-        for sample in range(int(t.num_samples)):
-            key = cache.request_key(
-                model=str(t.model),
-                backend=family,
-                api=t.api,
-                prompt=prompt,
-                prompt_version=prompter.version,
-                sampling=sampling,
-                sample=sample,
-            )
-            prompt_of[key] = prompt
-            row.append(key)
+        row = [cache.request_key(t, prompt, prompter.version, s) for s in range(int(t.num_samples))]
+        prompt_of.update(dict.fromkeys(row, prompt))
         keys.append(row)
     return keys, prompt_of
-
-
-def _make_backend(t):
-    if t.backend == "hf":
-        return backends.HFBackend(t)
-    # The key lives only in this process's memory and in the Authorization header.
-    return backends.OpenAIBackend(t, os.environ.get(str(t.api_key_env)) or None)
 
 
 def _ask(config, store: cache.AnswerCache, missing: list[backends.Request], input_path: str):
@@ -164,9 +124,10 @@ def _ask(config, store: cache.AnswerCache, missing: list[backends.Request], inpu
                     input_path,
                     stats["unknown_custom_ids"],
                 )
-            stats["attempts"] = 0
         elif missing:
-            backend = _make_backend(t)
+            # The key lives only in this process's memory and in the Authorization header.
+            key = os.environ.get(str(t.api_key_env)) or None
+            backend = backends.HFBackend(t) if t.backend == "hf" else backends.OpenAIBackend(t, key)
             backend.run(missing, on_answer)
             stats["attempts"] = backend.attempts
     finally:
@@ -185,8 +146,7 @@ def run_teach(
         raise UserError(f"config field data.name={config.data.name!r}: unknown dataset")
     if t.backend != "batch_export" and not output_path:
         raise UserError("--mode=teach needs --output=FILE (JSON Lines of the kept records)")
-    teacher_dir = Path(workdir) / TEACHER_DIR
-    teacher_dir.mkdir(parents=True, exist_ok=True)
+    teacher_dir = Path(workdir) / TEACHER_DIR  # made by AnswerCache
     records, source = _records(config, teacher_dir, input_path)
     keys, prompt_of = _plan(config, records)
     store = cache.AnswerCache(teacher_dir / "cache.jsonl")
@@ -207,8 +167,8 @@ def run_teach(
         kept, rejected, graded = _decide(config, records, keys, store, errors)
     finally:
         store.close()
-    _write_jsonl(Path(output_path), kept)
-    _write_jsonl(teacher_dir / "rejected.jsonl", rejected)
+    write_jsonl(Path(output_path), kept)
+    write_jsonl(teacher_dir / "rejected.jsonl", rejected)
     summary = _summary(config, records, kept, rejected, graded, keys, store, stats, cached, missing)
     summary.update(input=source, output=str(output_path), wall_time_s=round(time.time() - start, 3))
     (teacher_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
