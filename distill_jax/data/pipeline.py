@@ -1,19 +1,13 @@
-"""Input pipeline: tokenize once, prefix, truncate, pack train batches; bucketed eval batches.
+"""Input pipeline: packed train batches (`TrainIterator`); eval batches from `eval_data.py`.
 
-Train (`TrainIterator`): records become (encoder, decoder) token pairs (`features.py`:
-task prefixes, truncation, EOS; cached next to prepared records by `token_cache.py`).
-Examples are shuffled per epoch by a grain
-`MapDataset.range(n).shuffle(seed).repeat().batch(batch_size)` (a new permutation each
-epoch), so step s's examples are a pure function of (seed, s); batches are built in a grain
-prefetch thread. All pairs of a step's `batch_size` examples are packed together
-(`packing.py`) into rows of `pack_input_length` encoder and `pack_target_length` decoder
-tokens with segment ids, and the rows are dealt to `grad_steps` micro-batches (row g to
-micro-batch g // rows). One pool packs tighter than `grad_steps` separate ones; the loss is a
-token mean over the whole step either way, so the train step must sum CE * weights and
-weights over all micro-batches before dividing (never average per-micro-batch means).
-Every process computes the plan of the whole global batch from token lengths (it has all
-records) and keeps its contiguous block of each micro-batch's rows, so shapes agree on all
-hosts without communication. Batch (per process), numpy:
+Step s's `batch_size` examples come from a grain `MapDataset.range(n).shuffle(seed).repeat()
+.batch(batch_size)` (a new permutation each epoch), so they are a pure function of (seed, s).
+Their token pairs (`features.py`, cached by `token_cache.py`) are packed together
+(`packing.py`) into rows and row g goes to micro-batch g // rows: one pool packs tighter than
+`grad_steps` separate ones, so the train step must sum CE * weights and weights over all
+micro-batches before dividing (docs/architecture.md, section 4). Every process plans the whole
+global batch from token lengths and keeps its contiguous block of each micro-batch's rows, so
+shapes agree on all hosts without communication. Batch (per process), numpy:
 
     encoder_input_tokens   int32   [grad_steps, rows // process_count, pack_input_length]
     encoder_segment_ids    int32   [grad_steps, rows // process_count, pack_input_length]
@@ -25,19 +19,9 @@ hosts without communication. Batch (per process), numpy:
 
 Segment ids count 1, 2, ... from each row's start (0 = padding); decoder inputs are the
 targets shifted right within each segment (0 first); label/rationale weights are 1.0 exactly
-on the target tokens (EOS included) of label/rationale pairs. `rows` (per micro-batch) is a
-multiple of the row bucket (itself a multiple of `row_multiple`, which must be a multiple of
-`process_count`), so few shapes compile; `row_counts` lists those seen. Pack lengths 0 are
-chosen from the training set's lengths (`packing.choose_pack_spec`).
-
-Checkpointing: `it.get_state()` is a small JSON dict ({'step': ..}); `set_state(state)` on a
-new iterator continues with exactly the next batch (e.g. `ocp.args.JsonSave(it.get_state())`).
-
-Eval (`EvalSet` / `eval_batches`, re-exported from `eval_data.py`): unpacked
-`encoder_input_tokens` [batch, length] sorted by length, length bucketed (`bucket_length`),
-with `indices` (record index, -1 for filler rows), `mask` and `global_indices` (all
-processes' rows); every process gets a disjoint slice of each global batch, same shapes
-everywhere.
+on the target tokens (EOS included) of label/rationale pairs. `rows` is a multiple of the row
+bucket (itself a multiple of `row_multiple`, a multiple of `process_count`), so few shapes
+compile. The iterator's checkpoint is `get_state()`, a small JSON dict.
 """
 
 from __future__ import annotations
@@ -68,26 +52,15 @@ log = logging.getLogger(__name__)
 
 
 class TrainIterator:
-    """Infinite iterator of packed train batches (module docstring); a pure function of
+    """Infinite iterator of packed train batches (module docstring), a pure function of
     (seed, step).
 
-    Args: `records` (any sequence of record dicts, e.g. a builder `RecordSource`) and a
-    tokenizer (`encode_batch`, `eos_id`); `model_type` 'task_prefix' | 'standard';
-    `batch_size` examples per optimizer step, split into `grad_steps` micro-batches;
-    `max_input_length` / `max_target_length` truncation; `pack_input_length` /
-    `pack_target_length` row lengths (0 = automatic); `row_multiple` devices on the batch
-    axes (rows per micro-batch are a multiple of it); `row_bucket` row-count granularity
-    (0 = automatic); `process_index` / `process_count` (`jax.process_index()` /
-    `jax.process_count()`); `label_key` record field used as the label; `prefetch` batches
-    built ahead in a background thread (0 = build on `next`); `attention_length` the row
-    length at which attention costs as much as the dense layers (the trainer's cost model,
-    `train/perf.py`), which weighs padding against attention in the automatic choice.
-
-    Attributes: `pack_input_length`, `pack_target_length`, `row_bucket`, `spec` (the
-    automatic choice and its estimated padding), `steps_per_epoch`, `padding_fraction` (pad
-    share of all encoder+decoder slots in the global batches returned so far), `row_counts`
-    (distinct rows-per-micro-batch seen: one compilation each), `pairs` (the tokenized pairs),
-    `shapes` (the row counts every step is padded up to, after `fix_row_counts`).
+    `records`: a sequence of record dicts (e.g. a builder `RecordSource`); pack lengths and
+    `row_bucket` 0 are chosen from the data (`packing.choose_pack_spec`), weighing padding
+    against attention by `attention_length` (the trainer's cost model, `train/perf.py`);
+    `row_multiple`: devices on the batch axes; `prefetch`: batches built ahead on a grain
+    thread (0 = on `next`). `padding_fraction` is the pad share of the slots returned so far,
+    `row_counts` the rows per micro-batch seen, `shapes` those fixed by `fix_row_counts`.
     """
 
     def __init__(
@@ -107,7 +80,6 @@ class TrainIterator:
         row_bucket: int = 0,
         process_index: int = 0,
         process_count: int = 1,
-        label_key: str = "label",
         prefetch: int = 2,
         attention_length: float = 4096.0,
     ):
@@ -125,12 +97,10 @@ class TrainIterator:
             model_type=model_type,
             max_input_length=max_input_length,
             max_target_length=max_target_length,
-            label_key=label_key,
         )
         self.seed, self.batch_size, self.grad_steps = seed, batch_size, grad_steps
         self.process_index, self.process_count = process_index, process_count
         self.num_examples = len(records)
-        self.steps_per_epoch = self.num_examples / batch_size
         self._enc_len = self.pairs.encoder.lengths
         self._dec_len = self.pairs.decoder.lengths
         for name, value, longest, limit in [
@@ -231,10 +201,10 @@ class TrainIterator:
         width = self.pack_input_length + self.pack_target_length
         return real, self.grad_steps * rows_per_micro * width
 
-    def estimate_padding(self, num_steps: int = 16, start: int = 0) -> float:
-        """Padding fraction over steps [start, start + num_steps), from plans alone (cheap)."""
+    def estimate_padding(self, num_steps: int = 16) -> float:
+        """Padding fraction over the first `num_steps` steps, from plans alone (cheap)."""
         real = slots = 0
-        for step in range(start, start + num_steps):
+        for step in range(num_steps):
             pair_ids, _, rows_per_micro = self._plan(self.examples_at(step))
             r, s = self._stats(pair_ids, rows_per_micro)
             real, slots = real + r, slots + s
