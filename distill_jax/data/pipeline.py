@@ -168,16 +168,16 @@ class TrainIterator:
         """The step's pair ids, their global rows, and rows per micro-batch (all processes),
         fitted to `shapes` unless `fit` is False."""
         pair_ids = packing.pair_ids_of(example_ids, self.pairs.pairs_per_example)
-        rows, rows_per_micro = packing.step_rows(
-            self._enc_len,
-            self._dec_len,
-            pair_ids,
+        # All the step's pairs in one pool; row g goes to micro-batch g // rows_per_micro.
+        rows, total = packing.pack_rows(
+            self._enc_len[pair_ids],
+            self._dec_len[pair_ids],
             self.pack_input_length,
             self.pack_target_length,
-            self.row_bucket,
-            self.grad_steps,
-            self.spec.min_rows,
+            granularity=self.grad_steps * self.row_bucket,
+            min_rows=self.grad_steps * self.spec.min_rows,
         )
+        rows_per_micro = total // self.grad_steps
         if not fit:
             return pair_ids, rows, rows_per_micro
         shape = next((r for r in self.shapes if r >= rows_per_micro), rows_per_micro)
