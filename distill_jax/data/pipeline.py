@@ -218,15 +218,14 @@ class TrainIterator:
         lo = self.process_index * local
         batch = empty_batch(self.grad_steps, local, self.pack_input_length, self.pack_target_length)
         micro, row_in_micro = np.divmod(rows, rows_per_micro)
-        for m in range(self.grad_steps):
-            in_block = (micro == m) & (row_in_micro >= lo) & (row_in_micro < lo + local)
-            keep = np.nonzero(in_block)[0]
-            keep = keep[np.argsort(rows[keep], kind="stable")]  # by row, then batch order
-            ids, row = pair_ids[keep], row_in_micro[keep] - lo
-            first = np.searchsorted(row, row, side="left")  # index of the row's first pair
-            seg = (np.arange(len(row)) - first + 1).astype(np.int32)  # 1, 2, ... per row
-            for side, seqs in (("encoder", self.pairs.encoder), ("decoder", self.pairs.decoder)):
-                _scatter(batch, m, side, seqs, ids, row, seg, self.pairs.is_rationale)
+        keep = np.nonzero((row_in_micro >= lo) & (row_in_micro < lo + local))[0]
+        keep = keep[np.argsort(rows[keep], kind="stable")]  # by row, then batch order
+        # Row of each kept pair in this process's [grad_steps * local] rows.
+        ids, row = pair_ids[keep], micro[keep] * local + row_in_micro[keep] - lo
+        first = np.searchsorted(row, row, side="left")  # index of the row's first pair
+        seg = (np.arange(len(row)) - first + 1).astype(np.int32)  # 1, 2, ... per row
+        for side, seqs in (("encoder", self.pairs.encoder), ("decoder", self.pairs.decoder)):
+            _scatter(batch, side, seqs, ids, row, seg, self.pairs.is_rationale)
         return batch, (*self._stats(pair_ids, rows_per_micro), rows_per_micro)
 
     # ---- iterator protocol and state ----
@@ -284,8 +283,9 @@ class TrainIterator:
         self._iter = None  # reopened lazily at the new position
 
 
-def _scatter(batch, m, side, seqs: Sequences, ids, row, seg, is_rationale) -> None:
-    """Write the pairs `ids` (sorted by row) of micro-batch m into their rows, vectorised."""
+def _scatter(batch, side, seqs: Sequences, ids, row, seg, is_rationale) -> None:
+    """Write the pairs `ids` (sorted by row, counted over all micro-batches) into their rows,
+    vectorised."""
     lengths = seqs.lengths[ids]  # [n]
     width = batch[f"{side}_segment_ids"].shape[-1]
     # Start of each sequence within its row: exclusive cumulative length within the row.
@@ -295,7 +295,7 @@ def _scatter(batch, m, side, seqs: Sequences, ids, row, seg, is_rationale) -> No
     within = np.arange(int(lengths.sum())) - before[item]  # position within its sequence
     src = seqs.offsets[ids][item] + within
     dst = row[item] * width + starts[item] + within
-    flat = lambda name: batch[name][m].reshape(-1)  # views into the batch arrays
+    flat = lambda name: batch[name].reshape(-1)  # views into the batch arrays
     flat(f"{side}_segment_ids")[dst] = seg[item]
     if side == "encoder":
         flat("encoder_input_tokens")[dst] = seqs.tokens[src]
