@@ -116,41 +116,31 @@ def scan_json(text: str) -> list[Value | SyntaxProblem]:
         result = sc.decode(pos)
         if isinstance(result, json.JSONDecodeError):
             nxt = sc.resync(pos)
-            out.append(_problem(sc, result, truncated=nxt is None and not in_array))
-            if nxt is None:
-                if in_array and not text.rstrip().endswith("]"):
-                    out[-1] = _problem(sc, result, truncated=True)
-                break
-            pos = nxt
-            continue
-        value, end = result
-        out.append(Value(sc.line_of(pos), value))
-        pos = sc.skip_ws(end)
-        if in_array:
+            unclosed = not in_array or not text.rstrip().endswith("]")
+            out.append(_problem(sc, result, truncated=nxt is None and unclosed))
+        else:
+            value, end = result
+            out.append(Value(sc.line_of(pos), value))
+            pos = sc.skip_ws(end)
+            if not in_array:
+                continue
             if text.startswith(",", pos):
                 pos = sc.skip_ws(pos + 1)
-            elif text.startswith("]", pos):
+                continue
+            if text.startswith("]", pos):
                 pos = sc.skip_ws(pos + 1)
                 if pos < len(text):
                     out.append(SyntaxProblem(sc.line_of(pos), "extra data after the JSON array"))
                 break
-            elif pos >= len(text):
-                out.append(
-                    SyntaxProblem(
-                        sc.line_of(pos),
-                        "the JSON array is not closed with ']' (is the file truncated?)",
-                    )
-                )
+            if pos >= len(text):
+                problem = "the JSON array is not closed with ']' (is the file truncated?)"
             else:
-                out.append(
-                    SyntaxProblem(
-                        sc.line_of(pos), "expected ',' or ']' after a record in the JSON array"
-                    )
-                )
-                nxt = sc.resync(pos)
-                if nxt is None:
-                    break
-                pos = nxt
+                problem = "expected ',' or ']' after a record in the JSON array"
+            out.append(SyntaxProblem(sc.line_of(pos), problem))
+            nxt = sc.resync(pos)
+        if nxt is None:
+            break
+        pos = nxt
     return out
 
 
