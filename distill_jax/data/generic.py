@@ -1,13 +1,11 @@
 """The `generic` dataset: `{"input", "label", "rationale"}` records, as the healthcare fork of the
 reference (`distillm`) defines them.
 
-A file may be a JSON array, JSON Lines, or JSON objects one after another (the fork's own
-`generic_*.json` files are pretty-printed objects back to back). All three fields must be
-non-empty strings. An optional `llm_label` (the teacher's answer, as `--mode=teach` writes it)
-is kept; either every record of a file has one or none does. Other fields (e.g. the fork's
-`llm_rationale`) are ignored.
-A malformed record is a UserError naming the file, line and field, or, with
-`skip_bad_records`, is skipped and counted in a warning per file.
+A file may be a JSON array, JSON Lines, or JSON objects one after another (the fork's own files
+are pretty-printed objects back to back). The three fields must be non-empty strings; an
+optional `llm_label` (the teacher's answer, as `--mode=teach` writes it) is kept, on every
+record of a file or on none; other fields are ignored. A malformed record is a UserError naming
+the file, line and field or, with `skip_bad_records`, skipped and counted in a warning.
 """
 
 from __future__ import annotations
@@ -102,20 +100,16 @@ def generic_paths(data_cfg: Any, check: bool = True) -> dict[str, Path | None]:
     With `check`, a missing file is a UserError naming it.
     """
     default_dir = Path(data_cfg.dir) / "generic"
-    custom = {s: getattr(data_cfg, f"{s}_file") for s in ("train", "valid", "test")}
     paths: dict[str, Path | None] = {}
-    for split in ("train", "test"):
-        paths[split] = (
-            Path(custom[split]) if custom[split] else (default_dir / f"generic_{split}.json")
-        )
-    default_valid = default_dir / "generic_valid.json"
-    if custom["valid"]:
-        paths["valid"] = Path(custom["valid"])
-    elif not custom["train"] and default_valid.exists():
-        paths["valid"] = default_valid
-    else:
-        paths["valid"] = None
     for split in ("train", "test", "valid"):
+        custom = getattr(data_cfg, f"{split}_file")
+        default = default_dir / f"generic_{split}.json"
+        if custom:
+            paths[split] = Path(custom)
+        elif split != "valid":
+            paths[split] = default
+        else:
+            paths[split] = default if not data_cfg.train_file and default.exists() else None
         path = paths[split]
         if check and path is not None and not path.is_file():
             raise UserError(
