@@ -72,10 +72,8 @@ def _format_cqa(row: dict) -> tuple[str, str]:
     if not (isinstance(c, list) and len(c) >= 5 and all(isinstance(x, str) for x in c[:5])):
         raise _BadRow("field 'choices' must be a list of 5 strings")
     question = _text(row, "question")
-    text = (
-        f"{question}\nAnswer Choices:\n(a) {c[0]}\n(b) {c[1]}\n(c) {c[2]}\n(d) {c[3]}\n(e) {c[4]}"
-    )
-    return text, _text(row, "answer")
+    choices = "".join(f"\n({x}) {choice}" for x, choice in zip("abcde", c[:5], strict=True))
+    return f"{question}\nAnswer Choices:{choices}", _text(row, "answer")
 
 
 def _format_nli(row: dict) -> tuple[str, str]:
@@ -162,22 +160,23 @@ def _load_json_list(path: Path) -> list[str]:
     return outputs
 
 
+def _llm_paths(data_dir: Path, name: str, split: str, llm: str) -> list[Path]:
+    """The teacher's output files of a split: GPT-NeoX's one file or all PaLM batch files."""
+    if llm == "gpt":
+        return [data_dir / "gpt-neox" / name / f"{split}.json"]
+    num_batches = SPECS[name].num_batches[split]
+    return [data_dir / name / "llm" / f"{split}_CoT_{i}.json" for i in range(num_batches)]
+
+
 def _llm_outputs(data_dir: Path, name: str, split: str, llm: str, n: int) -> list[tuple]:
     """(path, index in file, output) for the `n` examples of `split`, in example order."""
-    if llm == "gpt":
-        paths = [data_dir / "gpt-neox" / name / f"{split}.json"]
-        if not paths[0].is_file():
-            raise _missing(paths[0], data_dir)
-    else:
-        spec = SPECS[name]
-        needed = min(math.ceil(n / spec.batch_size), spec.num_batches[split])
-        paths = []
-        for i in range(spec.num_batches[split]):  # the reference reads all of them
-            path = data_dir / name / "llm" / f"{split}_CoT_{i}.json"
-            if i < needed and not path.is_file():
-                raise _missing(path, data_dir)
-            if path.is_file():
-                paths.append(path)
+    paths = _llm_paths(data_dir, name, split, llm)
+    # The files that hold the n examples must exist; the reference reads all there are.
+    needed = 1 if llm == "gpt" else min(math.ceil(n / SPECS[name].batch_size), len(paths))
+    for path in paths[:needed]:
+        if not path.is_file():
+            raise _missing(path, data_dir)
+    paths = [path for path in paths if path.is_file()]
     outputs = [(p, k, out) for p in paths for k, out in enumerate(_load_json_list(p))]
     if len(outputs) != n:
         raise UserError(
@@ -293,13 +292,7 @@ def raw_files(data_cfg: Any) -> list[str]:
         out.append(data_dir / part / f"{part}_{split}.json")
         if part == "svamp":
             out.append(data_dir / part / "SVAMP.json")
-        if llm == "gpt":
-            out.append(data_dir / "gpt-neox" / part / f"{split}.json")
-        else:
-            out += [
-                data_dir / part / "llm" / f"{split}_CoT_{i}.json"
-                for i in range(SPECS[part].num_batches[split])
-            ]
+        out += _llm_paths(data_dir, part, split, llm)
     return sorted({str(p) for p in out})
 
 
