@@ -18,7 +18,6 @@ only the rename and read the winner's files (same fingerprint, same content).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -164,25 +163,19 @@ def prepared_path(out_dir: str | os.PathLike, name: str, fingerprint: Mapping[st
     return Path(out_dir) / BUILDER_NAME / config / PROCESSING_VERSION
 
 
-@contextlib.contextmanager
-def _quiet_absl() -> Iterator[None]:
+def _make_builder(config: tfds.core.BuilderConfig, out_dir: Path) -> tuple[DistillRecords, bool]:
+    """The builder for `config` and whether its data is already prepared."""
     # Building with a custom BuilderConfig logs two expected absl warnings on every run.
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _make_builder(config: tfds.core.BuilderConfig, out_dir: Path) -> tuple[DistillRecords, bool]:
-    """The builder for `config` and whether its data is already prepared."""
-    with _quiet_absl():
         builder = DistillRecords(
             config=config, data_dir=os.fspath(out_dir), file_format="array_record"
         )
         return builder, builder.is_prepared()
+    finally:
+        logger.setLevel(level)
 
 
 def prepare(

@@ -61,10 +61,8 @@ def encode_truncated(
     for start in range(0, len(texts), _TOKENIZE_CHUNK):
         ids = tokenizer.encode_batch(list(texts[start : start + _TOKENIZE_CHUNK]))
         for j, seq in enumerate(ids):
-            seq = np.asarray(seq[: max_length - 1], np.int32)
-            lengths[start + j] = len(seq) + 1
-            chunks.append(seq)
-            chunks.append(np.array([eos], np.int32))
+            chunks.append(np.asarray([*seq[: max_length - 1], eos], np.int32))
+            lengths[start + j] = len(chunks[-1])
         bar.update(len(ids))
     bar.close()
     tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)

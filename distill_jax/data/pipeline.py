@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_SAME_ON_RESUME = ("seed", "num_examples", "batch_size")  # checked by set_state
 
 
 class TrainIterator:
@@ -264,16 +265,11 @@ class TrainIterator:
 
     def get_state(self) -> dict[str, int]:
         """JSON-serialisable position; `set_state` on a same-data iterator resumes exactly."""
-        return {
-            "step": self._step,
-            "seed": self.seed,
-            "num_examples": self.num_examples,
-            "batch_size": self.batch_size,
-        }
+        return {"step": self._step, **{key: getattr(self, key) for key in _SAME_ON_RESUME}}
 
     def set_state(self, state: Mapping[str, int]) -> None:
         """Continue from `state` (from `get_state`): the next batch is batch `state['step']`."""
-        for key in ("seed", "num_examples", "batch_size"):
+        for key in _SAME_ON_RESUME:
             if key in state and state[key] != getattr(self, key):
                 raise UserError(
                     f"data iterator checkpoint has {key}={state[key]} but this run has "
