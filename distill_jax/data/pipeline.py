@@ -26,6 +26,7 @@ compile. The iterator's checkpoint is `get_state()`, a small JSON dict.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -188,9 +189,8 @@ class TrainIterator:
 
     def needed_row_counts(self, stop: int) -> dict[int, int]:
         """{rows per micro-batch: number of steps} that steps [0, stop) need (plans only)."""
-        needed = [self._plan(self.examples_at(s), fit=False)[2] for s in range(stop)]
-        rows, steps = np.unique(needed, return_counts=True)
-        return {int(r): int(n) for r, n in zip(rows, steps, strict=True)}
+        plans = (self._plan(self.examples_at(s), fit=False) for s in range(stop))
+        return dict(sorted(collections.Counter(rows for _, _, rows in plans).items()))
 
     def fix_row_counts(self, shapes) -> None:
         """Pads every step's rows up to the smallest of `shapes` that holds them (the row
@@ -204,11 +204,8 @@ class TrainIterator:
 
     def estimate_padding(self, num_steps: int = 16) -> float:
         """Padding fraction over the first `num_steps` steps, from plans alone (cheap)."""
-        real = slots = 0
-        for step in range(num_steps):
-            pair_ids, _, rows_per_micro = self._plan(self.examples_at(step))
-            r, s = self._stats(pair_ids, rows_per_micro)
-            real, slots = real + r, slots + s
+        plans = [self._plan(self.examples_at(step)) for step in range(num_steps)]
+        real, slots = np.sum([self._stats(ids, rows) for ids, _, rows in plans], axis=0)
         return 1.0 - real / slots
 
     # ---- building this process's rows ----
