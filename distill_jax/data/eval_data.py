@@ -17,11 +17,8 @@ from distill_jax.errors import UserError
 
 
 def bucket_length(n: int, minimum: int = 32) -> int:
-    """Padded eval length for n tokens: 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, ...
-
-    Powers of two and the midpoints 1.5 * 2^k above 64: few shapes (decoding compiles once per
-    length) and at most a third of a batch's slots are padding beyond the longest sequence.
-    """
+    """Padded eval length for n tokens: 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, ...:
+    few shapes (decoding compiles once per length), at most a third of the slots padding."""
     size = minimum
     while size < n:
         if size >= 64 and size * 3 // 2 >= n:

@@ -1,10 +1,9 @@
 """Records -> token ids: task prefixes, truncation with EOS, flat sequence storage.
 
-For `task_prefix` every record gives two (encoder, decoder) pairs, ("predict: " + input ->
-label) and ("explain: " + input -> rationale); for `standard` one, (input -> label). Every
-sequence is truncated to its max length and ends with EOS, as the HF T5 tokenizer does with
-`truncation=True` (encoder inputs included). Tokens are stored flat with offsets: a few arrays
-instead of millions of small Python lists.
+`task_prefix` records give two (encoder, decoder) pairs, ("predict: " + input -> label) and
+("explain: " + input -> rationale); `standard` ones (input -> label). Every sequence is
+truncated and ends with EOS, as the HF T5 tokenizer does with `truncation=True`. Tokens are
+stored flat with offsets: a few arrays instead of millions of small Python lists.
 """
 
 from __future__ import annotations
@@ -71,10 +70,8 @@ def encode_truncated(
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedPairs:
-    """Tokenized (encoder, decoder) pairs; pair k of example i has index i * pairs_per_example + k.
-
-    For task_prefix k=0 is the predict/label pair and k=1 the explain/rationale pair.
-    """
+    """Tokenized (encoder, decoder) pairs; pair k of example i has index i * pairs_per_example + k
+    (task_prefix: k=0 the predict/label pair, k=1 the explain/rationale pair)."""
 
     encoder: Sequences
     decoder: Sequences

@@ -46,12 +46,9 @@ def check_record(value: Any) -> dict[str, str] | str:
 
 
 def read_generic_file(path: str | Path, skip_bad_records: bool = False) -> tuple[list[dict], int]:
-    """Records of one generic file and the number of bad records skipped.
-
-    Raises UserError for a missing or non-UTF-8 file, a file without valid records, and (unless
-    `skip_bad_records`) for the first bad record: invalid JSON (incl. truncation), a value that
-    is not an object, or a missing, non-string or empty field.
-    """
+    """Records of one generic file and the number of bad records skipped; UserError for a
+    missing or non-UTF-8 file, one without valid records, and (unless `skip_bad_records`)
+    the first bad record: invalid JSON, not an object, a missing, non-string or empty field."""
     path = Path(path)
     records: list[dict] = []
     problems: list[str] = []
@@ -93,12 +90,9 @@ def read_generic_file(path: str | Path, skip_bad_records: bool = False) -> tuple
 
 
 def generic_paths(data_cfg: Any, check: bool = True) -> dict[str, Path | None]:
-    """Files per split: `data.<split>_file`, else `<data.dir>/generic/generic_<split>.json`.
-
-    The default validation file is used only if it exists and no custom train file is set
-    (so custom data is never mixed with the default location's); None means: split 10% off.
-    With `check`, a missing file is a UserError naming it.
-    """
+    """Files per split: `data.<split>_file`, else `<data.dir>/generic/generic_<split>.json`;
+    the default valid file only if it exists and no custom train file is set (custom data is
+    never mixed with the default's), else None (split 10% off). `check`: missing is an error."""
     default_dir = Path(data_cfg.dir) / "generic"
     paths: dict[str, Path | None] = {}
     for split in ("train", "test", "valid"):

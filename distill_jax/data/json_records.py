@@ -1,10 +1,9 @@
 """Reading JSON record files with line numbers: a JSON array, JSON Lines, or JSON objects one
 after another (pretty-printed, as the healthcare fork's generic files are).
 
-Every value is returned with the line it starts on, so a bad record can be reported as
-`file, line N`. Syntax errors are returned too (not raised) so that callers can either fail on
-the first one or skip it: after an error the scanner resumes at the next line whose first
-non-blank character is `{`, which is where the next record starts in all three layouts.
+Every value comes with the line it starts on (`file, line N` in messages). Syntax errors are
+returned, not raised, so callers can fail on the first or skip it: the scanner resumes at the
+next line starting with `{`, where the next record starts in all three layouts.
 """
 
 from __future__ import annotations
@@ -98,11 +97,8 @@ def _problem(scanner: _Scanner, err: json.JSONDecodeError, truncated: bool) -> S
 
 
 def scan_json(text: str) -> list[Value | SyntaxProblem]:
-    """All top-level values of `text` in order, with syntax problems where they occur.
-
-    `[...]` at the start means a JSON array (its elements are the values); anything else is
-    read as a stream of values separated by whitespace (JSON Lines or concatenated objects).
-    """
+    """All top-level values of `text` in order, with syntax problems where they occur: the
+    elements of a JSON array (`[` first), else a stream of values separated by whitespace."""
     sc = _Scanner(text)
     out: list[Value | SyntaxProblem] = []
     pos = sc.skip_ws(0)

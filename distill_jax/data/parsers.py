@@ -1,12 +1,10 @@
 """Parsers for the teachers' chain-of-thought outputs, one per (dataset, LLM).
 
-Each parser maps one raw LLM output string to `(rationale, label)` exactly as the reference's
-`data_utils.py` does (`_parse_llm_output` for PaLM, `_parse_gpt_output` for GPT-NeoX),
-including its fallbacks for outputs that do not parse (`' '` or `''`, as the reference
-writes them). The one case the reference does not catch (a PaLM CQA output without exactly one
-"So the answer is") raises `UnparsableOutput` here instead of an unpacking error.
-
-PaLM outputs are not left-stripped, GPT-NeoX outputs are (the reference's `.lstrip()`).
+Each maps one LLM output to `(rationale, label)` exactly as the reference's `data_utils.py`
+(`_parse_llm_output` for PaLM, `_parse_gpt_output` for GPT-NeoX, which also left-strips),
+with its fallbacks (`' '` or `''`) for outputs that do not parse. The one case the reference
+does not catch (a PaLM CQA output without exactly one "So the answer is") raises
+`UnparsableOutput` instead of an unpacking error.
 """
 
 from __future__ import annotations
