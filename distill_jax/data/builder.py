@@ -1,9 +1,8 @@
 """Prepare a dataset's processed records once into a versioned ArrayRecord data dir (TFDS).
 
-`prepare(records_fn, fingerprint, out_dir, name=...)` runs `records_fn()` (raw files -> records
-per split, `sources.load_splits`) at most once per fingerprint, writes the splits with a TFDS
-`GeneratorBasedBuilder` as ArrayRecord files (no TensorFlow needed; checked with
-tensorflow-datasets 4.9.10) and returns random-access record sequences read back through TFDS.
+`prepare` runs `records_fn()` (e.g. `sources.load_splits`) at most once per fingerprint and
+writes the splits as ArrayRecord files with a TFDS `GeneratorBasedBuilder` (no TensorFlow
+needed; checked with tensorflow-datasets 4.9.10), read back as random-access sequences.
 
 Layout: `<out_dir>/distill_records/<name>_<hash>/<PROCESSING_VERSION>/`, and
 `<out_dir>/tokens/<name>_<hash>/` for the token ids (`token_cache.py`). `<hash>` digests the

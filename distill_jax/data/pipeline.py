@@ -1,13 +1,12 @@
 """Input pipeline: packed train batches (`TrainIterator`); eval batches from `eval_data.py`.
 
-Step s's `batch_size` examples come from a grain `MapDataset.range(n).shuffle(seed).repeat()
-.batch(batch_size)` (a new permutation each epoch), so they are a pure function of (seed, s).
-Their token pairs (`features.py`, cached by `token_cache.py`) are packed together
-(`packing.py`) into rows and row g goes to micro-batch g // rows: one pool packs tighter than
-`grad_steps` separate ones, so the train step must sum CE * weights and weights over all
-micro-batches before dividing (docs/architecture.md, section 4). Every process plans the whole
-global batch from token lengths and keeps its contiguous block of each micro-batch's rows, so
-shapes agree on all hosts without communication. Batch (per process), numpy:
+Step s's examples come from a grain `MapDataset.range(n).shuffle(seed).repeat().batch(...)`
+(a new permutation each epoch), a pure function of (seed, s). All their token pairs are packed
+together into rows (`packing.py`) and row g goes to micro-batch g // rows, so the train step
+must sum CE * weights and weights over all micro-batches before dividing (docs/architecture.md,
+section 4). Every process plans the whole global batch from token lengths and keeps its block
+of each micro-batch's rows: shapes agree on all hosts without communication. Batch (per
+process), numpy:
 
     encoder_input_tokens   int32   [grad_steps, rows // process_count, pack_input_length]
     encoder_segment_ids    int32   [grad_steps, rows // process_count, pack_input_length]
@@ -20,8 +19,7 @@ shapes agree on all hosts without communication. Batch (per process), numpy:
 Segment ids count 1, 2, ... from each row's start (0 = padding); decoder inputs are the
 targets shifted right within each segment (0 first); label/rationale weights are 1.0 exactly
 on the target tokens (EOS included) of label/rationale pairs. `rows` is a multiple of the row
-bucket (itself a multiple of `row_multiple`, a multiple of `process_count`), so few shapes
-compile. The iterator's checkpoint is `get_state()`, a small JSON dict.
+bucket (a multiple of `row_multiple`, itself of `process_count`), so few shapes compile.
 """
 
 from __future__ import annotations
@@ -36,13 +34,12 @@ import numpy as np
 
 from distill_jax.data import packing, token_cache
 from distill_jax.data.eval_data import EvalSet, bucket_length, eval_batches
-from distill_jax.data.features import Sequences, TokenizedPairs, TokenizerLike, tokenize_pairs
+from distill_jax.data.features import Sequences, TokenizerLike, tokenize_pairs
 from distill_jax.data.packing import empty_batch
 from distill_jax.errors import UserError
 
 __all__ = [
     "EvalSet",
-    "TokenizedPairs",
     "TrainIterator",
     "bucket_length",
     "eval_batches",
