@@ -54,16 +54,13 @@ def encode_truncated(
     if max_length < 1:
         raise ValueError(f"max length for {desc} must be >= 1, got {max_length}")
     eos = tokenizer.eos_id
-    lengths = np.zeros(len(texts), np.int64)
     chunks = []
-    bar = tqdm.tqdm(total=len(texts), desc=desc, disable=len(texts) < 50_000, leave=False)
-    for start in range(0, len(texts), _TOKENIZE_CHUNK):
-        ids = tokenizer.encode_batch(list(texts[start : start + _TOKENIZE_CHUNK]))
-        for j, seq in enumerate(ids):
-            chunks.append(np.asarray([*seq[: max_length - 1], eos], np.int32))
-            lengths[start + j] = len(chunks[-1])
-        bar.update(len(ids))
-    bar.close()
+    with tqdm.tqdm(total=len(texts), desc=desc, disable=len(texts) < 50_000, leave=False) as bar:
+        for start in range(0, len(texts), _TOKENIZE_CHUNK):
+            ids = tokenizer.encode_batch(list(texts[start : start + _TOKENIZE_CHUNK]))
+            chunks += [np.asarray([*seq[: max_length - 1], eos], np.int32) for seq in ids]
+            bar.update(len(ids))
+    lengths = np.array([len(c) for c in chunks], np.int64)
     tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
     return Sequences(tokens, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 

@@ -279,14 +279,11 @@ def llm_label_accuracy(records: list[dict], dataset_name: str) -> float:
 def raw_files(data_cfg: Any) -> list[str]:
     """Every raw file `load_splits(data_cfg, ...)` may read, existing or not (the key of the
     prepared records, `builder.file_fingerprint`)."""
-    name, llm = data_cfg.name, teacher(data_cfg)
+    name, llm, data_dir = data_cfg.name, teacher(data_cfg), Path(data_cfg.dir)
     if name == "generic":
-        paths = generic.generic_paths(data_cfg, check=False)
-        gen_dir = Path(data_cfg.dir) / "generic"
-        out = [p for p in paths.values() if p is not None]
-        out.append(gen_dir / "generic_valid.json")  # if it appears, the splits change
+        out = [p for p in generic.generic_paths(data_cfg, check=False).values() if p is not None]
+        out.append(data_dir / "generic" / "generic_valid.json")  # if it appears, splits change
         return sorted({str(p) for p in out})
-    data_dir = Path(data_cfg.dir)
     out = []
     for part, split in (p for parts in _parts(name).values() for p in parts):
         out.append(data_dir / part / f"{part}_{split}.json")
