@@ -133,12 +133,8 @@ def _svamp_from_source(path: Path) -> dict[str, list[dict]]:
     rows = []
     for k, ex in enumerate(data):
         try:
-            rows.append(
-                {
-                    "input": f"{_text(ex, 'Body')}\n{_text(ex, 'Question')}",
-                    "label": _text(ex, "Equation"),
-                }
-            )
+            text = f"{_text(ex, 'Body')}\n{_text(ex, 'Question')}"
+            rows.append({"input": text, "label": _text(ex, "Equation")})
         except (_BadRow, TypeError) as e:
             raise UserError(f"{path}, problem {k}: {e}") from None
     idxs = np.random.RandomState(seed=0).permutation(len(rows))
