@@ -53,8 +53,7 @@ def read_generic_file(path: str | Path, skip_bad_records: bool = False) -> tuple
     records: list[dict] = []
     problems: list[str] = []
     number = 0  # 1-based index of the record (top-level value) in the file
-    with_llm: tuple[int, int] | None = None  # (line, record) of the first with an llm_label
-    without_llm: tuple[int, int] | None = None  # ... and of the first without one
+    first: dict[bool, tuple[int, int]] = {}  # has llm_label -> (line, record) of the first
     for item in scan_json(read_utf8(path)):
         if isinstance(item, SyntaxProblem):
             problem = f"{path}, line {item.line}: {item.message}"
@@ -63,20 +62,18 @@ def read_generic_file(path: str | Path, skip_bad_records: bool = False) -> tuple
             checked = check_record(item.value)
             if isinstance(checked, dict):
                 records.append(checked)
-                if "llm_label" in checked:
-                    with_llm = with_llm or (item.line, number)
-                else:
-                    without_llm = without_llm or (item.line, number)
+                first.setdefault("llm_label" in checked, (item.line, number))
                 continue
             problem = f"{path}, line {item.line} (record {number}): {checked}"
         if not skip_bad_records:
             raise UserError(problem + " (set data.skip_bad_records=True to skip bad records)")
         problems.append(problem)
-    if with_llm and without_llm:
+    if len(first) == 2:
+        (line, record), (with_line, with_record) = first[False], first[True]
         raise UserError(
-            f"{path}, line {without_llm[0]} (record {without_llm[1]}): no field 'llm_label', "
-            f"but record {with_llm[1]} (line {with_llm[0]}) has one: give every record of the "
-            "file the teacher's label in 'llm_label' (as --mode=teach writes them), or none"
+            f"{path}, line {line} (record {record}): no field 'llm_label', but record "
+            f"{with_record} (line {with_line}) has one: give every record of the file the "
+            "teacher's label in 'llm_label' (as --mode=teach writes them), or none"
         )
     if problems:
         logging.warning(
