@@ -73,8 +73,7 @@ class RecordSource(Sequence):
 
 
 def _decode(example: Mapping[str, Any]) -> dict[str, Any]:
-    raw = example["record"]
-    return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    return json.loads(example["record"])  # bytes (UTF-8) or str
 
 
 class DistillRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
