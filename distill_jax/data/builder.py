@@ -1,33 +1,22 @@
 """Prepare a dataset's processed records once into a versioned ArrayRecord data dir (TFDS).
 
-`prepare(records_fn, fingerprint, out_dir, name=...)` runs `records_fn()` (raw files -> records
-per split, see `sources.load_splits`) at most once per fingerprint, writes every split with a
-TFDS `GeneratorBasedBuilder` in the ArrayRecord file format and returns random-access record
-sequences read back through `tfds`'s data sources. TensorFlow is not needed: TFDS writes and
-reads ArrayRecord files with `array_record` alone (checked with tensorflow-datasets 4.9.10).
+`prepare` runs `records_fn()` (e.g. `sources.load_splits`) at most once per fingerprint and
+writes the splits as ArrayRecord files with a TFDS `GeneratorBasedBuilder` (no TensorFlow
+needed; checked with tensorflow-datasets 4.9.10), read back as random-access sequences.
 
-Layout: `<out_dir>/distill_records/<name>_<hash>/<PROCESSING_VERSION>/`
-(`dataset_info.json`, `features.json`, `distill_records-<split>.array_record-*`), and
-`<out_dir>/tokens/<name>_<hash>/` for the token ids derived from them (`token_cache.py`).
-`<hash>` is a digest of `fingerprint` (e.g. the data config and `file_fingerprint(raw
-files)`) and `PROCESSING_VERSION`, so changed raw files, changed options or changed
-processing give a new directory and a rebuild; an unchanged fingerprint reuses the prepared
-files without calling `records_fn`. Old directories are left in place (another run may still
-use them).
+Layout: `<out_dir>/distill_records/<name>_<hash>/<PROCESSING_VERSION>/`, and
+`<out_dir>/tokens/<name>_<hash>/` for the token ids (`token_cache.py`). `<hash>` digests the
+fingerprint (the data config and `file_fingerprint(raw files)`) and `PROCESSING_VERSION`:
+changed files, options or processing give a new directory; old ones stay (another run may use
+them). Each record is stored as one JSON text feature, so optional fields round trip, in order.
 
-Each example stores its record as one JSON text feature, so optional fields (`llm_label`) round
-trip exactly. Example order is kept (`disable_shuffling`): split index i is record i.
-
-Atomic: TFDS generates into `incomplete.*` next to the final directory and renames it when
-complete; if `records_fn` or writing fails the temporary directory is removed. In a multi-host
-job process 0 alone checks and prepares, and the others wait for it and read its files (the
-data dir must be on a shared file system). Separate jobs sharing a data dir may still race:
-the loser's rename fails, and it reads the winner's files (same fingerprint, same content).
+Atomic: TFDS writes into `incomplete.*` and renames it when complete. Process 0 alone prepares
+and the others wait and read its files (a shared file system); separate jobs that race lose
+only the rename and read the winner's files (same fingerprint, same content).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -50,11 +39,8 @@ Records = dict[str, list[dict[str, Any]]]
 
 
 class RecordSource(Sequence):
-    """Random-access, read-only view of one prepared split: `src[i]` is record i (a dict).
-
-    Also usable as a grain data source (`__len__`, `__getitem__`); `__getitems__` reads a
-    batch of records at once.
-    """
+    """Random-access, read-only view of one prepared split: `src[i]` is record i (a dict);
+    `__getitems__` reads a batch of records at once."""
 
     def __init__(self, data_source: Any, split: str, cache_dir: Path | None = None):
         self._source = data_source  # tfds ArrayRecordDataSource (None for an empty split)
@@ -67,11 +53,9 @@ class RecordSource(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.__getitems__(range(len(self))[index])
-        n = len(self)
-        i = index + n if index < 0 else index
-        if not 0 <= i < n:
-            raise IndexError(f"record {index} out of range for split {self.split!r} ({n})")
-        return _decode(self._source[i])
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"record {index} out of range for split {self.split!r} ({len(self)})")
+        return _decode(self._source[index % len(self)])
 
     def __getitems__(self, indices: Iterable[int]) -> list[dict[str, Any]]:
         indices = list(indices)
@@ -89,16 +73,12 @@ class RecordSource(Sequence):
 
 
 def _decode(example: Mapping[str, Any]) -> dict[str, Any]:
-    raw = example["record"]
-    return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    return json.loads(example["record"])  # bytes (UTF-8) or str
 
 
 class DistillRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """TFDS builder of processed distillation records; one BuilderConfig per dataset variant.
-
-    The records come from a callable set on the instance (`records_fn`) rather than from
-    downloads: the raw files are parsed by `distill_jax.data.sources`.
-    """
+    """TFDS builder of processed records, one BuilderConfig per dataset variant; the records
+    come from `records_fn`, set on the instance, instead of downloads."""
 
     VERSION = tfds.core.Version(PROCESSING_VERSION)
     RELEASE_NOTES = {PROCESSING_VERSION: "Records as JSON text, original order."}
@@ -122,9 +102,7 @@ class DistillRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download: records come from `records_fn`
-        if self.records_fn is None:
-            raise RuntimeError("DistillRecords.records_fn must be set before preparing")
+        del dl_manager  # nothing to download: records come from `records_fn` (set by prepare)
         splits = self.records_fn()
         if not isinstance(splits, Mapping) or not splits:
             raise UserError(f"records_fn must return a dict split -> records, got {type(splits)}")
@@ -158,12 +136,9 @@ def fingerprint_hash(fingerprint: Mapping[str, Any]) -> str:
 
 
 def file_fingerprint(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:
-    """Content fingerprint of raw files: {path: {'size', 'sha256'}}; directories are walked.
-
-    Keys are the paths as given (pass paths relative to the data dir to make the fingerprint
-    independent of where the data lives). Content hashes, not mtimes: touching or copying a
-    file does not force a rebuild, any edit does. Missing paths are recorded as 'missing'.
-    """
+    """Content fingerprint of raw files: {path: {'size', 'sha256'}} ('missing' if absent);
+    directories are walked. Contents, not mtimes: touching or copying a file does not force a
+    rebuild, any edit does."""
     out: dict[str, Any] = {}
     for path in map(Path, paths):
         if not path.exists():
@@ -171,51 +146,34 @@ def file_fingerprint(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:
             continue
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
-            digest = hashlib.sha256()
             with open(f, "rb") as fh:
-                while block := fh.read(1 << 20):
-                    digest.update(block)
-            out[str(f)] = {"size": f.stat().st_size, "sha256": digest.hexdigest()}
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            out[str(f)] = {"size": f.stat().st_size, "sha256": digest}
     return out
 
 
 def prepared_path(out_dir: str | os.PathLike, name: str, fingerprint: Mapping[str, Any]) -> Path:
     """Directory that `prepare` writes for this name and fingerprint."""
-    config = f"{_check_name(name)}_{fingerprint_hash(fingerprint)}"
-    return Path(out_dir) / BUILDER_NAME / config / PROCESSING_VERSION
-
-
-def _check_name(name: str) -> str:
     # TFDS config names: letters, digits, '-', '_' and '.'.
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise UserError(f"dataset name {name!r} for the prepared data dir: use [A-Za-z0-9_.-]")
-    return name
+    config = f"{name}_{fingerprint_hash(fingerprint)}"
+    return Path(out_dir) / BUILDER_NAME / config / PROCESSING_VERSION
 
 
-@contextlib.contextmanager
-def _quiet_absl() -> Iterator[None]:
+def _make_builder(config: tfds.core.BuilderConfig, out_dir: Path) -> tuple[DistillRecords, bool]:
+    """The builder for `config` and whether its data is already prepared."""
     # Building with a custom BuilderConfig logs two expected absl warnings on every run.
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _is_prepared(path: Path) -> bool:
-    """Whether `prepared_path(...)` holds finished data (TFDS renames it into place last)."""
-    return (path / "dataset_info.json").is_file()
-
-
-def _make_builder(config: tfds.core.BuilderConfig, out_dir: Path) -> tuple[DistillRecords, bool]:
-    """The builder for `config` and whether its data is already prepared."""
-    with _quiet_absl():
         builder = DistillRecords(
             config=config, data_dir=os.fspath(out_dir), file_format="array_record"
         )
         return builder, builder.is_prepared()
+    finally:
+        logger.setLevel(level)
 
 
 def prepare(
@@ -225,25 +183,19 @@ def prepare(
     *,
     name: str = "records",
 ) -> dict[str, RecordSource]:
-    """Prepare records once into `out_dir` and return {split: random-access records}.
+    """Prepare records once into `out_dir` and return {split: RecordSource}, record i of a
+    split being the i-th that `records_fn` gave.
 
-    Args:
-      records_fn: called only when no prepared data matches `fingerprint`; returns
-        {split: [record dict, ...]} with JSON-serialisable records.
-      fingerprint: everything the records depend on (data config fields, seed when it affects
-        subsampling, `file_fingerprint(raw files)`, a sources version...). JSON-serialisable.
-      out_dir: the prepared-data root (`config.data.prepared_dir`).
-      name: human-readable config name, e.g. 'cqa_palm_llm' ([A-Za-z0-9_.-]).
-
-    Returns:
-      {split: RecordSource}; `RecordSource[i]` is the i-th record of the split as produced by
-      `records_fn` (order kept).
+    `records_fn()` ({split: [JSON-serialisable record dict]}) is called only when no prepared
+    data matches `fingerprint` (JSON-serialisable: everything the records depend on); `name`
+    is a readable config name, e.g. 'cqa_palm_llm' ([A-Za-z0-9_.-]).
     """
+    out_dir = Path(out_dir)
+    where = prepared_path(out_dir, name, fingerprint)
     config = tfds.core.BuilderConfig(
-        name=f"{_check_name(name)}_{fingerprint_hash(fingerprint)}",
+        name=where.parent.name,
         description=json.dumps(fingerprint, sort_keys=True, default=str)[:2000],
     )
-    out_dir = Path(out_dir)
 
     def build() -> None:  # on process 0 only
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,9 +212,9 @@ def prepare(
         finally:
             builder.records_fn = None  # don't keep the raw records alive
 
-    # Process 0 looks, prepares if needed, and the others wait for it (multihost.py).
-    where = prepared_path(out_dir, name, fingerprint)
-    if multihost.process0_says(_is_prepared(where)):
+    # Process 0 looks, prepares if needed, and the others wait for it (multihost.py). TFDS
+    # renames the finished directory into place last, dataset_info.json included.
+    if multihost.process0_says((where / "dataset_info.json").is_file()):
         logging.info("Reusing prepared records in %s", where)
     else:
         multihost.on_process0(build, f"preparing the records in {out_dir}")

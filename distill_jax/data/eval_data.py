@@ -1,10 +1,7 @@
 """Eval batches: unpacked, sorted by length, length-bucketed, split across processes.
 
-Inputs are tokenized once per `EvalSet` (with the task prefix, truncated, ending with EOS).
-Global batches take `batch_size` rows (rounded up to a multiple of `row_multiple`, the devices
-on the batch axes), longest inputs first, each padded to `bucket_length` of its longest input
-so that few shapes (decoder compilations) occur; every process gets its contiguous block of
-rows, so shapes agree on all hosts without communication.
+Inputs are tokenized once per `EvalSet` (task prefix, truncated, ending with EOS); each batch is
+padded to `bucket_length` of its longest input so that few shapes (decoder compilations) occur.
 """
 
 from __future__ import annotations
@@ -20,11 +17,8 @@ from distill_jax.errors import UserError
 
 
 def bucket_length(n: int, minimum: int = 32) -> int:
-    """Padded eval length for n tokens: 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, ...
-
-    Powers of two and the midpoints 1.5 * 2^k above 64: few shapes (decoding compiles once per
-    length) and at most a third of a batch's slots are padding beyond the longest sequence.
-    """
+    """Padded eval length for n tokens: 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, ...:
+    few shapes (decoding compiles once per length), at most a third of the slots padding."""
     size = minimum
     while size < n:
         if size >= 64 and size * 3 // 2 >= n:
@@ -36,9 +30,8 @@ def bucket_length(n: int, minimum: int = 32) -> int:
 class EvalSet:
     """Tokenized eval inputs (once) for one task; `batches(...)` yields padded batches.
 
-    `records`: record dicts (their 'input' is used) or the input strings themselves. `task`
-    picks the prefix added: 'predict', 'explain' or 'standard' (none; also for strings that
-    already carry their prefix).
+    `records`: record dicts (their 'input' is used) or the input strings themselves; `task`
+    'predict', 'explain' or 'standard' picks the prefix ('standard': none).
     """
 
     def __init__(
@@ -62,22 +55,6 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def plan(self, batch_size: int, row_multiple: int = 1) -> list[tuple[np.ndarray, int]]:
-        """Global batches: (record indices [global_batch], -1 = filler; padded length).
-
-        Longest first, so memory problems show at once; global_batch = batch_size rounded up
-        to a multiple of row_multiple.
-        """
-        global_batch = packing.round_up(max(batch_size, 1), row_multiple)
-        lengths = self.inputs.lengths
-        order = np.argsort(-lengths, kind="stable")
-        out = []
-        for start in range(0, len(order), global_batch):
-            idx = order[start : start + global_batch]
-            length = bucket_length(int(lengths[idx].max()))
-            out.append((np.pad(idx, (0, global_batch - len(idx)), constant_values=-1), length))
-        return out
-
     def batches(
         self,
         batch_size: int,
@@ -86,20 +63,25 @@ class EvalSet:
         process_index: int = 0,
         process_count: int = 1,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """This process's contiguous share of each global batch (same shapes everywhere):
+        """This process's contiguous share of each global batch (same shapes everywhere).
 
-        'encoder_input_tokens' int32 [local, length]; 'indices' int64 [local] (record index,
-        -1 for filler rows); 'mask' bool [local] (indices >= 0); 'global_indices' int64
-        [global_batch], the indices of all processes' rows in order (the global batch is the
-        processes' local batches concatenated), to map all-gathered outputs back.
-
-        Filler rows hold a lone EOS (never an all-padding row, which some attention masks turn
-        into NaN).
+        Global batches take `batch_size` rows rounded up to a multiple of `row_multiple`,
+        longest inputs first (memory problems show at once): 'encoder_input_tokens' int32
+        [local, length]; 'indices' int64 [local] (record index, -1 for filler rows); 'mask'
+        bool [local] (indices >= 0); 'global_indices' int64 [global_batch], the indices of all
+        processes' rows in order, to map all-gathered outputs back. Filler rows hold a lone EOS
+        (never an all-padding row, which some attention masks turn into NaN).
         """
         if row_multiple % process_count:
             raise ValueError(f"{row_multiple=} must be a multiple of {process_count=}")
-        for indices, length in self.plan(batch_size, row_multiple):
-            local = len(indices) // process_count
+        global_batch = packing.round_up(max(batch_size, 1), row_multiple)
+        lengths = self.inputs.lengths
+        order = np.argsort(-lengths, kind="stable")
+        local = global_batch // process_count
+        for start in range(0, len(order), global_batch):
+            indices = order[start : start + global_batch]
+            length = bucket_length(int(lengths[indices].max()))
+            indices = np.pad(indices, (0, global_batch - len(indices)), constant_values=-1)
             idx = indices[process_index * local : (process_index + 1) * local]
             tokens = np.zeros((local, length), np.int32)  # [local, length]
             for j, k in enumerate(idx):

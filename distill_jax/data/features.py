@@ -1,10 +1,9 @@
 """Records -> token ids: task prefixes, truncation with EOS, flat sequence storage.
 
-For `task_prefix` every record gives two (encoder, decoder) pairs, ("predict: " + input ->
-label) and ("explain: " + input -> rationale); for `standard` one, (input -> label). Every
-sequence is truncated to its max length and ends with EOS, as the HF T5 tokenizer does with
-`truncation=True` (encoder inputs included). Tokens are stored flat with offsets: a few arrays
-instead of millions of small Python lists.
+`task_prefix` records give two (encoder, decoder) pairs, ("predict: " + input -> label) and
+("explain: " + input -> rationale); `standard` ones (input -> label). Every sequence is
+truncated and ends with EOS, as the HF T5 tokenizer does with `truncation=True`. Tokens are
+stored flat with offsets: a few arrays instead of millions of small Python lists.
 """
 
 from __future__ import annotations
@@ -55,28 +54,21 @@ def encode_truncated(
     if max_length < 1:
         raise ValueError(f"max length for {desc} must be >= 1, got {max_length}")
     eos = tokenizer.eos_id
-    lengths = np.zeros(len(texts), np.int64)
     chunks = []
-    bar = tqdm.tqdm(total=len(texts), desc=desc, disable=len(texts) < 50_000, leave=False)
-    for start in range(0, len(texts), _TOKENIZE_CHUNK):
-        ids = tokenizer.encode_batch(list(texts[start : start + _TOKENIZE_CHUNK]))
-        for j, seq in enumerate(ids):
-            seq = np.asarray(seq[: max_length - 1], np.int32)
-            lengths[start + j] = len(seq) + 1
-            chunks.append(seq)
-            chunks.append(np.array([eos], np.int32))
-        bar.update(len(ids))
-    bar.close()
+    with tqdm.tqdm(total=len(texts), desc=desc, disable=len(texts) < 50_000, leave=False) as bar:
+        for start in range(0, len(texts), _TOKENIZE_CHUNK):
+            ids = tokenizer.encode_batch(list(texts[start : start + _TOKENIZE_CHUNK]))
+            chunks += [np.asarray([*seq[: max_length - 1], eos], np.int32) for seq in ids]
+            bar.update(len(ids))
+    lengths = np.array([len(c) for c in chunks], np.int64)
     tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
     return Sequences(tokens, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedPairs:
-    """Tokenized (encoder, decoder) pairs; pair k of example i has index i * pairs_per_example + k.
-
-    For task_prefix k=0 is the predict/label pair and k=1 the explain/rationale pair.
-    """
+    """Tokenized (encoder, decoder) pairs; pair k of example i has index i * pairs_per_example + k
+    (task_prefix: k=0 the predict/label pair, k=1 the explain/rationale pair)."""
 
     encoder: Sequences
     decoder: Sequences

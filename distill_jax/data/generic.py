@@ -1,13 +1,11 @@
 """The `generic` dataset: `{"input", "label", "rationale"}` records, as the healthcare fork of the
 reference (`distillm`) defines them.
 
-A file may be a JSON array, JSON Lines, or JSON objects one after another (the fork's own
-`generic_*.json` files are pretty-printed objects back to back). All three fields must be
-non-empty strings. An optional `llm_label` (the teacher's answer, as `--mode=teach` writes it)
-is kept; either every record of a file has one or none does. Other fields (e.g. the fork's
-`llm_rationale`) are ignored.
-A malformed record is a UserError naming the file, line and field, or, with
-`skip_bad_records`, is skipped and counted in a warning per file.
+A file may be a JSON array, JSON Lines, or JSON objects one after another (the fork's own files
+are pretty-printed objects back to back). The three fields must be non-empty strings; an
+optional `llm_label` (the teacher's answer, as `--mode=teach` writes it) is kept, on every
+record of a file or on none; other fields are ignored. A malformed record is a UserError naming
+the file, line and field or, with `skip_bad_records`, skipped and counted in a warning.
 """
 
 from __future__ import annotations
@@ -48,18 +46,14 @@ def check_record(value: Any) -> dict[str, str] | str:
 
 
 def read_generic_file(path: str | Path, skip_bad_records: bool = False) -> tuple[list[dict], int]:
-    """Records of one generic file and the number of bad records skipped.
-
-    Raises UserError for a missing or non-UTF-8 file, a file without valid records, and (unless
-    `skip_bad_records`) for the first bad record: invalid JSON (incl. truncation), a value that
-    is not an object, or a missing, non-string or empty field.
-    """
+    """Records of one generic file and the number of bad records skipped; UserError for a
+    missing or non-UTF-8 file, one without valid records, and (unless `skip_bad_records`)
+    the first bad record: invalid JSON, not an object, a missing, non-string or empty field."""
     path = Path(path)
     records: list[dict] = []
     problems: list[str] = []
     number = 0  # 1-based index of the record (top-level value) in the file
-    with_llm: tuple[int, int] | None = None  # (line, record) of the first with an llm_label
-    without_llm: tuple[int, int] | None = None  # ... and of the first without one
+    first: dict[bool, tuple[int, int]] = {}  # has llm_label -> (line, record) of the first
     for item in scan_json(read_utf8(path)):
         if isinstance(item, SyntaxProblem):
             problem = f"{path}, line {item.line}: {item.message}"
@@ -68,20 +62,18 @@ def read_generic_file(path: str | Path, skip_bad_records: bool = False) -> tuple
             checked = check_record(item.value)
             if isinstance(checked, dict):
                 records.append(checked)
-                if "llm_label" in checked:
-                    with_llm = with_llm or (item.line, number)
-                else:
-                    without_llm = without_llm or (item.line, number)
+                first.setdefault("llm_label" in checked, (item.line, number))
                 continue
             problem = f"{path}, line {item.line} (record {number}): {checked}"
         if not skip_bad_records:
             raise UserError(problem + " (set data.skip_bad_records=True to skip bad records)")
         problems.append(problem)
-    if with_llm and without_llm:
+    if len(first) == 2:
+        (line, record), (with_line, with_record) = first[False], first[True]
         raise UserError(
-            f"{path}, line {without_llm[0]} (record {without_llm[1]}): no field 'llm_label', "
-            f"but record {with_llm[1]} (line {with_llm[0]}) has one: give every record of the "
-            "file the teacher's label in 'llm_label' (as --mode=teach writes them), or none"
+            f"{path}, line {line} (record {record}): no field 'llm_label', but record "
+            f"{with_record} (line {with_line}) has one: give every record of the file the "
+            "teacher's label in 'llm_label' (as --mode=teach writes them), or none"
         )
     if problems:
         logging.warning(
@@ -95,27 +87,20 @@ def read_generic_file(path: str | Path, skip_bad_records: bool = False) -> tuple
 
 
 def generic_paths(data_cfg: Any, check: bool = True) -> dict[str, Path | None]:
-    """Files per split: `data.<split>_file`, else `<data.dir>/generic/generic_<split>.json`.
-
-    The default validation file is used only if it exists and no custom train file is set
-    (so custom data is never mixed with the default location's); None means: split 10% off.
-    With `check`, a missing file is a UserError naming it.
-    """
+    """Files per split: `data.<split>_file`, else `<data.dir>/generic/generic_<split>.json`;
+    the default valid file only if it exists and no custom train file is set (custom data is
+    never mixed with the default's), else None (split 10% off). `check`: missing is an error."""
     default_dir = Path(data_cfg.dir) / "generic"
-    custom = {s: getattr(data_cfg, f"{s}_file") for s in ("train", "valid", "test")}
     paths: dict[str, Path | None] = {}
-    for split in ("train", "test"):
-        paths[split] = (
-            Path(custom[split]) if custom[split] else (default_dir / f"generic_{split}.json")
-        )
-    default_valid = default_dir / "generic_valid.json"
-    if custom["valid"]:
-        paths["valid"] = Path(custom["valid"])
-    elif not custom["train"] and default_valid.exists():
-        paths["valid"] = default_valid
-    else:
-        paths["valid"] = None
     for split in ("train", "test", "valid"):
+        custom = getattr(data_cfg, f"{split}_file")
+        default = default_dir / f"generic_{split}.json"
+        if custom:
+            paths[split] = Path(custom)
+        elif split != "valid":
+            paths[split] = default
+        else:
+            paths[split] = default if not data_cfg.train_file and default.exists() else None
         path = paths[split]
         if check and path is not None and not path.is_file():
             raise UserError(

@@ -1,10 +1,9 @@
 """Reading JSON record files with line numbers: a JSON array, JSON Lines, or JSON objects one
 after another (pretty-printed, as the healthcare fork's generic files are).
 
-Every value is returned with the line it starts on, so a bad record can be reported as
-`file, line N`. Syntax errors are returned too (not raised) so that callers can either fail on
-the first one or skip it: after an error the scanner resumes at the next line whose first
-non-blank character is `{`, which is where the next record starts in all three layouts.
+Every value comes with the line it starts on (`file, line N` in messages). Syntax errors are
+returned, not raised, so callers can fail on the first or skip it: the scanner resumes at the
+next line starting with `{`, where the next record starts in all three layouts.
 """
 
 from __future__ import annotations
@@ -98,11 +97,8 @@ def _problem(scanner: _Scanner, err: json.JSONDecodeError, truncated: bool) -> S
 
 
 def scan_json(text: str) -> list[Value | SyntaxProblem]:
-    """All top-level values of `text` in order, with syntax problems where they occur.
-
-    `[...]` at the start means a JSON array (its elements are the values); anything else is
-    read as a stream of values separated by whitespace (JSON Lines or concatenated objects).
-    """
+    """All top-level values of `text` in order, with syntax problems where they occur: the
+    elements of a JSON array (`[` first), else a stream of values separated by whitespace."""
     sc = _Scanner(text)
     out: list[Value | SyntaxProblem] = []
     pos = sc.skip_ws(0)
@@ -116,41 +112,31 @@ def scan_json(text: str) -> list[Value | SyntaxProblem]:
         result = sc.decode(pos)
         if isinstance(result, json.JSONDecodeError):
             nxt = sc.resync(pos)
-            out.append(_problem(sc, result, truncated=nxt is None and not in_array))
-            if nxt is None:
-                if in_array and not text.rstrip().endswith("]"):
-                    out[-1] = _problem(sc, result, truncated=True)
-                break
-            pos = nxt
-            continue
-        value, end = result
-        out.append(Value(sc.line_of(pos), value))
-        pos = sc.skip_ws(end)
-        if in_array:
+            unclosed = not in_array or not text.rstrip().endswith("]")
+            out.append(_problem(sc, result, truncated=nxt is None and unclosed))
+        else:
+            value, end = result
+            out.append(Value(sc.line_of(pos), value))
+            pos = sc.skip_ws(end)
+            if not in_array:
+                continue
             if text.startswith(",", pos):
                 pos = sc.skip_ws(pos + 1)
-            elif text.startswith("]", pos):
+                continue
+            if text.startswith("]", pos):
                 pos = sc.skip_ws(pos + 1)
                 if pos < len(text):
                     out.append(SyntaxProblem(sc.line_of(pos), "extra data after the JSON array"))
                 break
-            elif pos >= len(text):
-                out.append(
-                    SyntaxProblem(
-                        sc.line_of(pos),
-                        "the JSON array is not closed with ']' (is the file truncated?)",
-                    )
-                )
+            if pos >= len(text):
+                problem = "the JSON array is not closed with ']' (is the file truncated?)"
             else:
-                out.append(
-                    SyntaxProblem(
-                        sc.line_of(pos), "expected ',' or ']' after a record in the JSON array"
-                    )
-                )
-                nxt = sc.resync(pos)
-                if nxt is None:
-                    break
-                pos = nxt
+                problem = "expected ',' or ']' after a record in the JSON array"
+            out.append(SyntaxProblem(sc.line_of(pos), problem))
+            nxt = sc.resync(pos)
+        if nxt is None:
+            break
+        pos = nxt
     return out
 
 

@@ -1,18 +1,12 @@
 """Packing (encoder, decoder) pairs into fixed-size rows: lengths, row plan, bucketing.
 
-A row holds `pack_input_length` encoder and `pack_target_length` decoder token slots; a pair
-fits a row when both its encoder and its decoder sequence fit (2-D vector bin packing). Pairs
-differ a lot in shape (`predict:` pairs have long inputs and short labels, `explain:` pairs the
-same inputs and long rationales), so plain first-fit-decreasing fills the decoder side of the
-first rows with rationales and the encoder side of the last rows with inputs (~20% padding on
-CQA-like data). `pack_rows` instead fixes the row count, starting from the lower bound
-max(sum enc / Le, sum dec / Ld) in multiples of the caller's granularity, and places pairs,
-largest first, into the row with the most room in the pair's own direction (largest dot
-product of the pair's and the row's remaining normalised sizes), which keeps both sides of
-every row filling together (~9% padding on the same data); when a pair fits nowhere a larger
-count is tried (grow, then binary search). `choose_pack_spec` picks the row lengths by
-simulating a few steps.
-
+A pair fits a row of `pack_input_length` encoder and `pack_target_length` decoder slots when
+both its sequences fit (2-D vector bin packing). `predict:` pairs have long inputs and short
+labels, `explain:` pairs long rationales, so first-fit-decreasing leaves ~20% padding on
+CQA-like data. `pack_rows` instead fixes the row count, from the lower bound max(sum enc / Le,
+sum dec / Ld), and places pairs, largest first, into the row with the most room in the pair's
+own direction (largest dot product of normalised sizes): both sides of every row fill together
+(~9% padding); when a pair fits nowhere a larger count is tried (grow, then binary search).
 Everything here is a pure function of token lengths, so every process computes the same plan.
 """
 
@@ -63,12 +57,9 @@ def pack_rows(
 ) -> tuple[np.ndarray, int]:
     """Assign pairs to rows: (row index per pair [num_pairs], number of rows).
 
-    At least `min_rows` rows are used (a sticky floor keeps the batch shape, and so the
-    compiled step, the same from step to step).
-
-    The row count is the smallest multiple of `granularity` found feasible (the caller
-    rounds to it anyway, and packing into all of those rows spreads the pairs); some rows may
-    stay empty. Deterministic. Every pair must fit an empty row (checked by the caller).
+    The row count is the smallest feasible multiple of `granularity` (the caller rounds to it
+    anyway; packing into all of them spreads the pairs), at least `min_rows` (a floor keeps
+    the batch shape, so the compiled step, the same). Every pair must fit an empty row.
     """
     enc = np.asarray(enc_lengths, np.int64)
     dec = np.asarray(dec_lengths, np.int64)
@@ -93,16 +84,6 @@ def pack_rows(
     return best, best_k * granularity
 
 
-def row_bucket_size(expected_rows: float, row_multiple: int, fraction: float = 0.05) -> int:
-    """Row-count granularity: a multiple of `row_multiple`, about `fraction` of the rows.
-
-    Row counts are rounded up to it so that few distinct batch shapes (compilations) occur
-    while the rounding costs about fraction/2 padding on average.
-    """
-    steps = max(1, round(expected_rows * fraction / row_multiple))
-    return steps * row_multiple
-
-
 @dataclasses.dataclass(frozen=True)
 class PackSpec:
     """Row shape and row-count bucket of packed train batches."""
@@ -113,34 +94,6 @@ class PackSpec:
     expected_rows: float  # rows per micro-batch, on average
     estimated_padding: float  # pad share of all slots, from a simulation
     min_rows: int = 0  # rows per micro-batch never go below this (one shape for most steps)
-
-
-def step_rows(
-    enc_lengths: np.ndarray,
-    dec_lengths: np.ndarray,
-    pair_ids: np.ndarray,
-    input_length: int,
-    target_length: int,
-    row_bucket: int,
-    grad_steps: int,
-    min_rows: int = 0,
-) -> tuple[np.ndarray, int]:
-    """Plan one optimizer step: global row per pair [num_pairs], rows per micro-batch.
-
-    All the step's pairs are packed together (one pool packs tighter than `grad_steps` small
-    ones, and the loss of a step is a token mean over all its micro-batches anyway); row g
-    goes to micro-batch g // rows_per_micro_batch. Rows per micro-batch are a multiple of
-    `row_bucket`.
-    """
-    rows, total = pack_rows(
-        enc_lengths[pair_ids],
-        dec_lengths[pair_ids],
-        input_length,
-        target_length,
-        granularity=grad_steps * row_bucket,
-        min_rows=min_rows * grad_steps,
-    )
-    return rows, total // grad_steps
 
 
 def choose_pack_spec(
@@ -164,28 +117,39 @@ def choose_pack_spec(
     data's (or 10% more; rounded up to 16, at least the longest target) so both sides fill
     together. Each candidate packs the same few random steps (fixed seed: identical on every
     process) and the least estimated compute wins: slots weighted by 1 + attended length /
-    `attention_length` (the row length at which attention costs about as much as the dense
-    layers; the trainer's cost model gives it), so longer rows must save real padding.
+    `attention_length` (the trainer's cost model), so longer rows must save real padding.
     Row counts round up to `row_bucket` (0: ~5% of the rows, a multiple of `row_multiple`).
     """
     mean_enc, mean_dec = float(np.mean(enc_lengths)), float(np.mean(dec_lengths))
     longest_enc, longest_dec = int(enc_lengths.max()), int(dec_lengths.max())
+    per_step = examples_per_micro_batch * grad_steps
+    num_examples = len(enc_lengths) // pairs_per_example
+
+    def sample(seed: int, num_steps: int) -> tuple[list[np.ndarray], int]:
+        """Pair ids of random steps (examples with replacement) and their real tokens."""
+        rng = np.random.default_rng(seed)
+        steps = [
+            pair_ids_of(rng.integers(0, num_examples, per_step), pairs_per_example)
+            for _ in range(num_steps)
+        ]
+        return steps, sum(int(enc_lengths[ids].sum() + dec_lengths[ids].sum()) for ids in steps)
+
+    def rows_of(steps: list[np.ndarray], enc_len: int, tgt_len: int, bucket: int) -> list[int]:
+        """Rows per micro-batch of each step, all its pairs packed together (as the pipeline)."""
+        return [
+            pack_rows(enc_lengths[ids], dec_lengths[ids], enc_len, tgt_len, grad_steps * bucket)[1]
+            // grad_steps
+            for ids in steps
+        ]
+
     if input_length:
         candidates = [input_length]
     else:
         top = round_up(max(longest_enc, max_pairs_per_row * mean_enc), 64)
         candidates = list(range(round_up(longest_enc, 64), top + 1, 64))
         candidates = candidates[:: max(1, len(candidates) // 24)]  # at most ~24
-    # A few random steps (with replacement; fixed seed), fewer for big batches.
-    rng = np.random.default_rng(0)
-    per_step = examples_per_micro_batch * grad_steps
-    num_examples = len(enc_lengths) // pairs_per_example
-    num_steps = int(np.clip(2048 // (per_step * pairs_per_example), 2, 8))
-    steps = [
-        pair_ids_of(rng.integers(0, num_examples, per_step), pairs_per_example)
-        for _ in range(num_steps)
-    ]
-    real = sum(int(enc_lengths[ids].sum() + dec_lengths[ids].sum()) for ids in steps)
+    # A few random steps (fixed seed), fewer for big batches.
+    steps, real = sample(0, int(np.clip(2048 // (per_step * pairs_per_example), 2, 8)))
     pairs_per_micro = examples_per_micro_batch * pairs_per_example
     results = []
     for enc_len in candidates:
@@ -195,11 +159,10 @@ def choose_pack_spec(
                 max(longest_dec, math.ceil(dec_scale * enc_len * mean_dec / mean_enc)), 16
             )
             expected = 1.05 * pairs_per_micro * max(mean_enc / enc_len, mean_dec / tgt_len)
-            bucket = row_bucket or row_bucket_size(expected, row_multiple)
-            rows = sum(
-                step_rows(enc_lengths, dec_lengths, ids, enc_len, tgt_len, bucket, grad_steps)[1]
-                for ids in steps
-            )
+            # Row counts round up to ~5% of the rows (a multiple of row_multiple): few shapes
+            # (compilations) for ~2.5% padding on average.
+            bucket = row_bucket or max(1, round(expected * 0.05 / row_multiple)) * row_multiple
+            rows = sum(rows_of(steps, enc_len, tgt_len, bucket))
             padding = 1.0 - real / (grad_steps * rows * (enc_len + tgt_len))
             # Compute per row: dense layers ~ slots, attention ~ slots x attended length.
             cost = rows * (
@@ -212,17 +175,9 @@ def choose_pack_spec(
         return spec
     # A floor at the rows that 3 in 4 of 32 sampled steps fit in: most steps then share one
     # shape (one compilation) and the rest round up by the small bucket (a few more).
-    rng = np.random.default_rng(1)
-    sample = [
-        pair_ids_of(rng.integers(0, num_examples, per_step), pairs_per_example) for _ in range(32)
-    ]
-    needed = [
-        step_rows(enc_lengths, dec_lengths, ids, spec.input_length, spec.target_length,
-                  spec.row_bucket, grad_steps)[1]
-        for ids in sample
-    ]  # fmt: skip
+    steps, real = sample(1, 32)
+    needed = rows_of(steps, spec.input_length, spec.target_length, spec.row_bucket)
     floor = int(np.quantile(needed, 0.75, method="higher"))
-    real = sum(int(enc_lengths[ids].sum() + dec_lengths[ids].sum()) for ids in sample)
     rows = sum(max(n, floor) for n in needed)
     slots = grad_steps * rows * (spec.input_length + spec.target_length)
     return dataclasses.replace(spec, min_rows=floor, estimated_padding=1.0 - real / slots)
@@ -231,11 +186,9 @@ def choose_pack_spec(
 def choose_row_counts(needed: Mapping[int, int], compile_steps: float) -> tuple[int, ...]:
     """The row counts to compile, given how many steps need each: {rows: steps}.
 
-    Every step then runs at the smallest chosen count that holds it (the largest needed count
-    is always chosen). Minimises padding rows plus compilations, one compilation priced at
-    `compile_steps` steps of the largest shape (the trainer's cost model): a short run pads
-    all its steps to one shape, a long one keeps the counts that many steps use. Exact
-    dynamic programme over the sorted counts (there are few).
+    Every step runs at the smallest chosen count that holds it (the largest is always chosen).
+    Minimises padding rows plus compilations, one priced at `compile_steps` steps of the
+    largest shape (the trainer's cost model), by an exact dynamic programme over the counts.
     """
     counts = sorted(needed)
     if not counts:

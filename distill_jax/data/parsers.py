@@ -1,12 +1,10 @@
 """Parsers for the teachers' chain-of-thought outputs, one per (dataset, LLM).
 
-Each parser maps one raw LLM output string to `(rationale, label)` exactly as the reference's
-`data_utils.py` does (`_parse_llm_output` for PaLM, `_parse_gpt_output` for GPT-NeoX),
-including its fallbacks for outputs that do not parse (`' '` or `''`, as the reference
-writes them). The one case the reference does not catch (a PaLM CQA output without exactly one
-"So the answer is") raises `UnparsableOutput` here instead of an unpacking error.
-
-PaLM outputs are not left-stripped, GPT-NeoX outputs are (the reference's `.lstrip()`).
+Each maps one LLM output to `(rationale, label)` exactly as the reference's `data_utils.py`
+(`_parse_llm_output` for PaLM, `_parse_gpt_output` for GPT-NeoX, which also left-strips),
+with its fallbacks (`' '` or `''`) for outputs that do not parse. The one case the reference
+does not catch (a PaLM CQA output without exactly one "So the answer is") raises
+`UnparsableOutput` instead of an unpacking error.
 """
 
 from __future__ import annotations
@@ -33,35 +31,35 @@ def _cqa_label(label: str) -> str:
         return " "
 
 
+def _split_two(text: str, marker: str) -> tuple[str, str] | None:
+    """(rationale right-stripped, label) when `marker` splits `text` in exactly two parts."""
+    parts = text.split(marker)
+    return (parts[0].rstrip(), parts[1]) if len(parts) == 2 else None
+
+
 def parse_cqa_palm(output: str) -> tuple[str, str]:
     """CQA, PaLM: "<rationale> So the answer is (b) bank." (anything after "Q:" dropped)."""
     rationale_label = output.split("Q:")[0].rstrip()
-    parts = rationale_label.split("So the answer is")
-    if len(parts) != 2:  # the reference unpacks without a try and would crash here
+    if (split := _split_two(rationale_label, "So the answer is")) is None:
+        # The reference unpacks without a try and would crash here.
+        found = rationale_label.count("So the answer is")
         raise UnparsableOutput(
-            f"expected exactly one 'So the answer is' in the output, found {len(parts) - 1}"
+            f"expected exactly one 'So the answer is' in the output, found {found}"
         )
-    rationale, label = parts
-    return rationale.rstrip(), _cqa_label(label)
+    return split[0], _cqa_label(split[1])
 
 
 def parse_cqa_gpt(output: str) -> tuple[str, str]:
     """CQA, GPT-NeoX: as PaLM, but `(' ', ' ')` when "So the answer is" does not split in two."""
-    rationale_label = output.split("Q:")[0].rstrip().lstrip()
-    parts = rationale_label.split("So the answer is")
-    if len(parts) != 2:
-        return " ", " "
-    rationale, label = parts
-    return rationale.rstrip(), _cqa_label(label)
+    split = _split_two(output.split("Q:")[0].strip(), "So the answer is")
+    return (split[0], _cqa_label(split[1])) if split else (" ", " ")
 
 
 def _parse_equation(rationale_label: str) -> tuple[str, str]:
-    parts = rationale_label.split("The answer is")
-    if len(parts) != 2:
+    if (split := _split_two(rationale_label, "The answer is")) is None:
         return " ", " "
-    rationale, label = parts
-    match = _PARENTHESISED.search(label)
-    return rationale.rstrip(), match.group(0) if match else " "
+    match = _PARENTHESISED.search(split[1])
+    return split[0], match.group(0) if match else " "
 
 
 def parse_svamp_palm(output: str) -> tuple[str, str]:
@@ -71,7 +69,7 @@ def parse_svamp_palm(output: str) -> tuple[str, str]:
 
 def parse_svamp_gpt(output: str) -> tuple[str, str]:
     """SVAMP, GPT-NeoX: as PaLM, left-stripped."""
-    return _parse_equation(output.split("Q:")[0].rstrip().lstrip())
+    return _parse_equation(output.split("Q:")[0].strip())
 
 
 def _esnli_label(output: str) -> str:
@@ -88,28 +86,23 @@ def parse_esnli_palm(output: str) -> tuple[str, str]:
 
 def parse_esnli_gpt(output: str) -> tuple[str, str]:
     """e-SNLI, GPT-NeoX: as PaLM, rationale left-stripped."""
-    return output.split("Answer:")[0].rstrip().lstrip(), _esnli_label(output)
+    return output.split("Answer:")[0].strip(), _esnli_label(output)
 
 
-def _finish_anli(rationale: str, label: str) -> tuple[str, str]:
+def _anli(split: tuple[str, str] | None) -> tuple[str, str]:
     # The reference drops the label's last character (the final period) unconditionally.
-    return rationale.rstrip(), label.lstrip()[:-1]
+    return (split[0], split[1].lstrip()[:-1]) if split else ("", "")
 
 
 def parse_anli_palm(output: str) -> tuple[str, str]:
     """ANLI, PaLM: "<rationale> So the answer is neutral." before "Premise:"; else ('', '')."""
-    parts = output.split("Premise:")[0].rstrip().split("So the answer is")
-    return _finish_anli(*parts) if len(parts) == 2 else ("", "")
+    return _anli(_split_two(output.split("Premise:")[0].rstrip(), "So the answer is"))
 
 
 def parse_anli_gpt(output: str) -> tuple[str, str]:
     """ANLI, GPT-NeoX: "So the answer is", then "The answer is", else ('', '')."""
-    head = output.split("Premise:")[0].rstrip().lstrip()
-    for marker in ("So the answer is", "The answer is"):
-        parts = head.split(marker)
-        if len(parts) == 2:
-            return _finish_anli(*parts)
-    return "", ""
+    head = output.split("Premise:")[0].strip()
+    return _anli(_split_two(head, "So the answer is") or _split_two(head, "The answer is"))
 
 
 # (dataset, llm) -> parser. The reference has no GPT-NeoX outputs or parser for ASDiv.

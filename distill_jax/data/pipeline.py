@@ -1,19 +1,12 @@
-"""Input pipeline: tokenize once, prefix, truncate, pack train batches; bucketed eval batches.
+"""Input pipeline: packed train batches (`TrainIterator`); eval batches from `eval_data.py`.
 
-Train (`TrainIterator`): records become (encoder, decoder) token pairs (`features.py`:
-task prefixes, truncation, EOS; cached next to prepared records by `token_cache.py`).
-Examples are shuffled per epoch by a grain
-`MapDataset.range(n).shuffle(seed).repeat().batch(batch_size)` (a new permutation each
-epoch), so step s's examples are a pure function of (seed, s); batches are built in a grain
-prefetch thread. All pairs of a step's `batch_size` examples are packed together
-(`packing.py`) into rows of `pack_input_length` encoder and `pack_target_length` decoder
-tokens with segment ids, and the rows are dealt to `grad_steps` micro-batches (row g to
-micro-batch g // rows). One pool packs tighter than `grad_steps` separate ones; the loss is a
-token mean over the whole step either way, so the train step must sum CE * weights and
-weights over all micro-batches before dividing (never average per-micro-batch means).
-Every process computes the plan of the whole global batch from token lengths (it has all
-records) and keeps its contiguous block of each micro-batch's rows, so shapes agree on all
-hosts without communication. Batch (per process), numpy:
+Step s's examples come from a grain `MapDataset.range(n).shuffle(seed).repeat().batch(...)`
+(a new permutation each epoch), a pure function of (seed, s). All their token pairs are packed
+together into rows (`packing.py`) and row g goes to micro-batch g // rows, so the train step
+must sum CE * weights and weights over all micro-batches before dividing (docs/architecture.md,
+section 4). Every process plans the whole global batch from token lengths and keeps its block
+of each micro-batch's rows: shapes agree on all hosts without communication. Batch (per
+process), numpy:
 
     encoder_input_tokens   int32   [grad_steps, rows // process_count, pack_input_length]
     encoder_segment_ids    int32   [grad_steps, rows // process_count, pack_input_length]
@@ -25,23 +18,13 @@ hosts without communication. Batch (per process), numpy:
 
 Segment ids count 1, 2, ... from each row's start (0 = padding); decoder inputs are the
 targets shifted right within each segment (0 first); label/rationale weights are 1.0 exactly
-on the target tokens (EOS included) of label/rationale pairs. `rows` (per micro-batch) is a
-multiple of the row bucket (itself a multiple of `row_multiple`, which must be a multiple of
-`process_count`), so few shapes compile; `row_counts` lists those seen. Pack lengths 0 are
-chosen from the training set's lengths (`packing.choose_pack_spec`).
-
-Checkpointing: `it.get_state()` is a small JSON dict ({'step': ..}); `set_state(state)` on a
-new iterator continues with exactly the next batch (e.g. `ocp.args.JsonSave(it.get_state())`).
-
-Eval (`EvalSet` / `eval_batches`, re-exported from `eval_data.py`): unpacked
-`encoder_input_tokens` [batch, length] sorted by length, length bucketed (`bucket_length`),
-with `indices` (record index, -1 for filler rows), `mask` and `global_indices` (all
-processes' rows); every process gets a disjoint slice of each global batch, same shapes
-everywhere.
+on the target tokens (EOS included) of label/rationale pairs. `rows` is a multiple of the row
+bucket (a multiple of `row_multiple`, itself of `process_count`), so few shapes compile.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -51,13 +34,12 @@ import numpy as np
 
 from distill_jax.data import packing, token_cache
 from distill_jax.data.eval_data import EvalSet, bucket_length, eval_batches
-from distill_jax.data.features import Sequences, TokenizedPairs, TokenizerLike, tokenize_pairs
+from distill_jax.data.features import Sequences, TokenizerLike, tokenize_pairs
 from distill_jax.data.packing import empty_batch
 from distill_jax.errors import UserError
 
 __all__ = [
     "EvalSet",
-    "TokenizedPairs",
     "TrainIterator",
     "bucket_length",
     "eval_batches",
@@ -65,29 +47,19 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_SAME_ON_RESUME = ("seed", "num_examples", "batch_size")  # checked by set_state
 
 
 class TrainIterator:
-    """Infinite iterator of packed train batches (module docstring); a pure function of
+    """Infinite iterator of packed train batches (module docstring), a pure function of
     (seed, step).
 
-    Args: `records` (any sequence of record dicts, e.g. a builder `RecordSource`) and a
-    tokenizer (`encode_batch`, `eos_id`); `model_type` 'task_prefix' | 'standard';
-    `batch_size` examples per optimizer step, split into `grad_steps` micro-batches;
-    `max_input_length` / `max_target_length` truncation; `pack_input_length` /
-    `pack_target_length` row lengths (0 = automatic); `row_multiple` devices on the batch
-    axes (rows per micro-batch are a multiple of it); `row_bucket` row-count granularity
-    (0 = automatic); `process_index` / `process_count` (`jax.process_index()` /
-    `jax.process_count()`); `label_key` record field used as the label; `prefetch` batches
-    built ahead in a background thread (0 = build on `next`); `attention_length` the row
-    length at which attention costs as much as the dense layers (the trainer's cost model,
-    `train/perf.py`), which weighs padding against attention in the automatic choice.
-
-    Attributes: `pack_input_length`, `pack_target_length`, `row_bucket`, `spec` (the
-    automatic choice and its estimated padding), `steps_per_epoch`, `padding_fraction` (pad
-    share of all encoder+decoder slots in the global batches returned so far), `row_counts`
-    (distinct rows-per-micro-batch seen: one compilation each), `pairs` (the tokenized pairs),
-    `shapes` (the row counts every step is padded up to, after `fix_row_counts`).
+    `records`: a sequence of record dicts (e.g. a builder `RecordSource`); pack lengths and
+    `row_bucket` 0 are chosen from the data (`packing.choose_pack_spec`), weighing padding
+    against attention by `attention_length` (the trainer's cost model, `train/perf.py`);
+    `row_multiple`: devices on the batch axes; `prefetch`: batches built ahead on a grain
+    thread (0 = on `next`). `padding_fraction` is the pad share of the slots returned so far,
+    `row_counts` the rows per micro-batch seen, `shapes` those fixed by `fix_row_counts`.
     """
 
     def __init__(
@@ -107,7 +79,6 @@ class TrainIterator:
         row_bucket: int = 0,
         process_index: int = 0,
         process_count: int = 1,
-        label_key: str = "label",
         prefetch: int = 2,
         attention_length: float = 4096.0,
     ):
@@ -125,12 +96,10 @@ class TrainIterator:
             model_type=model_type,
             max_input_length=max_input_length,
             max_target_length=max_target_length,
-            label_key=label_key,
         )
         self.seed, self.batch_size, self.grad_steps = seed, batch_size, grad_steps
         self.process_index, self.process_count = process_index, process_count
         self.num_examples = len(records)
-        self.steps_per_epoch = self.num_examples / batch_size
         self._enc_len = self.pairs.encoder.lengths
         self._dec_len = self.pairs.decoder.lengths
         for name, value, longest, limit in [
@@ -198,16 +167,16 @@ class TrainIterator:
         """The step's pair ids, their global rows, and rows per micro-batch (all processes),
         fitted to `shapes` unless `fit` is False."""
         pair_ids = packing.pair_ids_of(example_ids, self.pairs.pairs_per_example)
-        rows, rows_per_micro = packing.step_rows(
-            self._enc_len,
-            self._dec_len,
-            pair_ids,
+        # All the step's pairs in one pool; row g goes to micro-batch g // rows_per_micro.
+        rows, total = packing.pack_rows(
+            self._enc_len[pair_ids],
+            self._dec_len[pair_ids],
             self.pack_input_length,
             self.pack_target_length,
-            self.row_bucket,
-            self.grad_steps,
-            self.spec.min_rows,
+            granularity=self.grad_steps * self.row_bucket,
+            min_rows=self.grad_steps * self.spec.min_rows,
         )
+        rows_per_micro = total // self.grad_steps
         if not fit:
             return pair_ids, rows, rows_per_micro
         shape = next((r for r in self.shapes if r >= rows_per_micro), rows_per_micro)
@@ -217,9 +186,8 @@ class TrainIterator:
 
     def needed_row_counts(self, stop: int) -> dict[int, int]:
         """{rows per micro-batch: number of steps} that steps [0, stop) need (plans only)."""
-        needed = [self._plan(self.examples_at(s), fit=False)[2] for s in range(stop)]
-        rows, steps = np.unique(needed, return_counts=True)
-        return {int(r): int(n) for r, n in zip(rows, steps, strict=True)}
+        plans = (self._plan(self.examples_at(s), fit=False) for s in range(stop))
+        return dict(sorted(collections.Counter(rows for _, _, rows in plans).items()))
 
     def fix_row_counts(self, shapes) -> None:
         """Pads every step's rows up to the smallest of `shapes` that holds them (the row
@@ -231,13 +199,10 @@ class TrainIterator:
         width = self.pack_input_length + self.pack_target_length
         return real, self.grad_steps * rows_per_micro * width
 
-    def estimate_padding(self, num_steps: int = 16, start: int = 0) -> float:
-        """Padding fraction over steps [start, start + num_steps), from plans alone (cheap)."""
-        real = slots = 0
-        for step in range(start, start + num_steps):
-            pair_ids, _, rows_per_micro = self._plan(self.examples_at(step))
-            r, s = self._stats(pair_ids, rows_per_micro)
-            real, slots = real + r, slots + s
+    def estimate_padding(self, num_steps: int = 16) -> float:
+        """Padding fraction over the first `num_steps` steps, from plans alone (cheap)."""
+        plans = [self._plan(self.examples_at(step)) for step in range(num_steps)]
+        real, slots = np.sum([self._stats(ids, rows) for ids, _, rows in plans], axis=0)
         return 1.0 - real / slots
 
     # ---- building this process's rows ----
@@ -248,15 +213,14 @@ class TrainIterator:
         lo = self.process_index * local
         batch = empty_batch(self.grad_steps, local, self.pack_input_length, self.pack_target_length)
         micro, row_in_micro = np.divmod(rows, rows_per_micro)
-        for m in range(self.grad_steps):
-            in_block = (micro == m) & (row_in_micro >= lo) & (row_in_micro < lo + local)
-            keep = np.nonzero(in_block)[0]
-            keep = keep[np.argsort(rows[keep], kind="stable")]  # by row, then batch order
-            ids, row = pair_ids[keep], row_in_micro[keep] - lo
-            first = np.searchsorted(row, row, side="left")  # index of the row's first pair
-            seg = (np.arange(len(row)) - first + 1).astype(np.int32)  # 1, 2, ... per row
-            for side, seqs in (("encoder", self.pairs.encoder), ("decoder", self.pairs.decoder)):
-                _scatter(batch, m, side, seqs, ids, row, seg, self.pairs.is_rationale)
+        keep = np.nonzero((row_in_micro >= lo) & (row_in_micro < lo + local))[0]
+        keep = keep[np.argsort(rows[keep], kind="stable")]  # by row, then batch order
+        # Row of each kept pair in this process's [grad_steps * local] rows.
+        ids, row = pair_ids[keep], micro[keep] * local + row_in_micro[keep] - lo
+        first = np.searchsorted(row, row, side="left")  # index of the row's first pair
+        seg = (np.arange(len(row)) - first + 1).astype(np.int32)  # 1, 2, ... per row
+        for side, seqs in (("encoder", self.pairs.encoder), ("decoder", self.pairs.decoder)):
+            _scatter(batch, side, seqs, ids, row, seg, self.pairs.is_rationale)
         return batch, (*self._stats(pair_ids, rows_per_micro), rows_per_micro)
 
     # ---- iterator protocol and state ----
@@ -295,16 +259,11 @@ class TrainIterator:
 
     def get_state(self) -> dict[str, int]:
         """JSON-serialisable position; `set_state` on a same-data iterator resumes exactly."""
-        return {
-            "step": self._step,
-            "seed": self.seed,
-            "num_examples": self.num_examples,
-            "batch_size": self.batch_size,
-        }
+        return {"step": self._step, **{key: getattr(self, key) for key in _SAME_ON_RESUME}}
 
     def set_state(self, state: Mapping[str, int]) -> None:
         """Continue from `state` (from `get_state`): the next batch is batch `state['step']`."""
-        for key in ("seed", "num_examples", "batch_size"):
+        for key in _SAME_ON_RESUME:
             if key in state and state[key] != getattr(self, key):
                 raise UserError(
                     f"data iterator checkpoint has {key}={state[key]} but this run has "
@@ -314,8 +273,9 @@ class TrainIterator:
         self._iter = None  # reopened lazily at the new position
 
 
-def _scatter(batch, m, side, seqs: Sequences, ids, row, seg, is_rationale) -> None:
-    """Write the pairs `ids` (sorted by row) of micro-batch m into their rows, vectorised."""
+def _scatter(batch, side, seqs: Sequences, ids, row, seg, is_rationale) -> None:
+    """Write the pairs `ids` (sorted by row, counted over all micro-batches) into their rows,
+    vectorised."""
     lengths = seqs.lengths[ids]  # [n]
     width = batch[f"{side}_segment_ids"].shape[-1]
     # Start of each sequence within its row: exclusive cumulative length within the row.
@@ -325,7 +285,7 @@ def _scatter(batch, m, side, seqs: Sequences, ids, row, seg, is_rationale) -> No
     within = np.arange(int(lengths.sum())) - before[item]  # position within its sequence
     src = seqs.offsets[ids][item] + within
     dst = row[item] * width + starts[item] + within
-    flat = lambda name: batch[name][m].reshape(-1)  # views into the batch arrays
+    flat = lambda name: batch[name].reshape(-1)  # views into the batch arrays
     flat(f"{side}_segment_ids")[dst] = seg[item]
     if side == "encoder":
         flat("encoder_input_tokens")[dst] = seqs.tokens[src]

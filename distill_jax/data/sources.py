@@ -1,21 +1,13 @@
 """Raw dataset files -> records `{input, label, rationale[, llm_label]}` per split.
 
-Reproduces the reference's `data_utils.py` + the data part of `run.py`:
-
-- files `<data.dir>/<name>/<name>_{train,valid,test}.json` (JSON Lines, as the reference's
-  `datasets.zip` holds them), formatted per dataset (CQA question + lettered choices; e-SNLI and
-  ANLI premise `</s>` hypothesis with integer labels mapped to text; SVAMP body + question with
-  the equation as label; ASDiv = SVAMP's training set plus ASDiv's);
-- the teacher's outputs: PaLM `<name>/llm/{split}_CoT_{i}.json` (a JSON list of strings; file
-  i holds examples [i * batch_size, (i + 1) * batch_size) of the split) or GPT-NeoX
-  `gpt-neox/<name>/{split}.json`, parsed by `parsers.py` into the rationale and `llm_label`;
-- the training split cut to the LLM batches, `data.subsample`, a 10% validation split (seed 0)
-  where the dataset has none, and `data.label_type='llm'` (training labels := the LLM's).
-
-The random splits use the algorithm of HF `Dataset.train_test_split` (as read from its source:
-`np.random.default_rng(seed).permutation(n)`, the first `ceil(test_size * n)` indices are the
-held-out part, the rest in permuted order the kept part), so the same seed gives the same
-examples as the reference.
+Reproduces the reference's `data_utils.py` + the data part of `run.py`: the JSON Lines files
+`<data.dir>/<name>/<name>_{split}.json` formatted per dataset; the teacher's outputs (PaLM
+`<name>/llm/{split}_CoT_{i}.json`, file i holding examples [i * batch_size, (i + 1) *
+batch_size), or GPT-NeoX `gpt-neox/<name>/{split}.json`) parsed by `parsers.py`; the training
+split cut to the LLM batches, `data.subsample`, a 10% validation split (seed 0) where the
+dataset has none, and `data.label_type='llm'`. The random splits follow HF
+`Dataset.train_test_split` (`default_rng(seed).permutation(n)`, the first `ceil(test_size * n)`
+held out), so the same seed gives the reference's examples.
 """
 
 from __future__ import annotations
@@ -80,10 +72,8 @@ def _format_cqa(row: dict) -> tuple[str, str]:
     if not (isinstance(c, list) and len(c) >= 5 and all(isinstance(x, str) for x in c[:5])):
         raise _BadRow("field 'choices' must be a list of 5 strings")
     question = _text(row, "question")
-    text = (
-        f"{question}\nAnswer Choices:\n(a) {c[0]}\n(b) {c[1]}\n(c) {c[2]}\n(d) {c[3]}\n(e) {c[4]}"
-    )
-    return text, _text(row, "answer")
+    choices = "".join(f"\n({x}) {choice}" for x, choice in zip("abcde", c[:5], strict=True))
+    return f"{question}\nAnswer Choices:{choices}", _text(row, "answer")
 
 
 def _format_nli(row: dict) -> tuple[str, str]:
@@ -143,12 +133,8 @@ def _svamp_from_source(path: Path) -> dict[str, list[dict]]:
     rows = []
     for k, ex in enumerate(data):
         try:
-            rows.append(
-                {
-                    "input": f"{_text(ex, 'Body')}\n{_text(ex, 'Question')}",
-                    "label": _text(ex, "Equation"),
-                }
-            )
+            text = f"{_text(ex, 'Body')}\n{_text(ex, 'Question')}"
+            rows.append({"input": text, "label": _text(ex, "Equation")})
         except (_BadRow, TypeError) as e:
             raise UserError(f"{path}, problem {k}: {e}") from None
     idxs = np.random.RandomState(seed=0).permutation(len(rows))
@@ -170,22 +156,23 @@ def _load_json_list(path: Path) -> list[str]:
     return outputs
 
 
+def _llm_paths(data_dir: Path, name: str, split: str, llm: str) -> list[Path]:
+    """The teacher's output files of a split: GPT-NeoX's one file or all PaLM batch files."""
+    if llm == "gpt":
+        return [data_dir / "gpt-neox" / name / f"{split}.json"]
+    num_batches = SPECS[name].num_batches[split]
+    return [data_dir / name / "llm" / f"{split}_CoT_{i}.json" for i in range(num_batches)]
+
+
 def _llm_outputs(data_dir: Path, name: str, split: str, llm: str, n: int) -> list[tuple]:
     """(path, index in file, output) for the `n` examples of `split`, in example order."""
-    if llm == "gpt":
-        paths = [data_dir / "gpt-neox" / name / f"{split}.json"]
-        if not paths[0].is_file():
-            raise _missing(paths[0], data_dir)
-    else:
-        spec = SPECS[name]
-        needed = min(math.ceil(n / spec.batch_size), spec.num_batches[split])
-        paths = []
-        for i in range(spec.num_batches[split]):  # the reference reads all of them
-            path = data_dir / name / "llm" / f"{split}_CoT_{i}.json"
-            if i < needed and not path.is_file():
-                raise _missing(path, data_dir)
-            if path.is_file():
-                paths.append(path)
+    paths = _llm_paths(data_dir, name, split, llm)
+    # The files that hold the n examples must exist; the reference reads all there are.
+    needed = 1 if llm == "gpt" else min(math.ceil(n / SPECS[name].batch_size), len(paths))
+    for path in paths[:needed]:
+        if not path.is_file():
+            raise _missing(path, data_dir)
+    paths = [path for path in paths if path.is_file()]
     outputs = [(p, k, out) for p in paths for k, out in enumerate(_load_json_list(p))]
     if len(outputs) != n:
         raise UserError(
@@ -195,16 +182,28 @@ def _llm_outputs(data_dir: Path, name: str, split: str, llm: str, n: int) -> lis
     return outputs
 
 
-def _load_part(data_dir: Path, name: str, split: str, llm: str) -> list[dict]:
-    """Records of one dataset's split, with the LLM's rationale and label."""
+def _parts(name: str) -> dict[str, list[tuple[str, str]]]:
+    """The (dataset, split) files of each split of `name`; ASDiv is the reference's SVAMP
+    augmentation: train = SVAMP's + ASDiv's, test = SVAMP's."""
+    if name == "asdiv":
+        return {"train": [("svamp", "train"), ("asdiv", "train")], "test": [("svamp", "test")]}
+    return {split: [(name, split)] for split in SPECS[name].num_batches}
+
+
+def _gold_part(data_dir: Path, name: str, split: str) -> list[dict]:
+    """Formatted `{input, label}` rows of one split file (SVAMP: from SVAMP.json if absent)."""
     path = data_dir / name / f"{name}_{split}.json"
     source = data_dir / name / "SVAMP.json"
     if name == "svamp" and not path.is_file() and source.is_file():
-        rows = _svamp_from_source(source)[split]
-    else:
-        rows = _read_rows(path, name, data_dir)
+        return _svamp_from_source(source)[split]
+    return _read_rows(path, name, data_dir)
+
+
+def _load_part(data_dir: Path, name: str, split: str, llm: str) -> list[dict]:
+    """Records of one dataset's split, with the LLM's rationale and label."""
+    rows = _gold_part(data_dir, name, split)
     if not rows:
-        raise UserError(f"{path}: no records")
+        raise UserError(f"{data_dir / name / f'{name}_{split}.json'}: no records")
     if split == "train":  # the reference keeps the examples its LLM batches cover
         spec = SPECS[name]
         rows = rows[: spec.batch_size * spec.num_batches["train"]]
@@ -221,14 +220,10 @@ def _load_part(data_dir: Path, name: str, split: str, llm: str) -> list[dict]:
 
 def _load_reference(data_cfg: Any, name: str, llm: str) -> dict[str, list[dict]]:
     data_dir = Path(data_cfg.dir)
-    if name == "asdiv":  # the reference's SVAMP augmentation: train = SVAMP + ASDiv, test SVAMP
-        return {
-            "train": _load_part(data_dir, "svamp", "train", llm)
-            + _load_part(data_dir, "asdiv", "train", llm),
-            "test": _load_part(data_dir, "svamp", "test", llm),
-        }
-    splits = SPLITS if SPECS[name].has_valid else ("train", "test")
-    return {split: _load_part(data_dir, name, split, llm) for split in splits}
+    return {
+        split: [row for part, s in parts for row in _load_part(data_dir, part, s, llm)]
+        for split, parts in _parts(name).items()
+    }
 
 
 def _load_generic(data_cfg: Any, llm: str | None) -> dict[str, list[dict]]:
@@ -266,10 +261,8 @@ def train_test_split(records: list, test_size: float, seed: int) -> tuple[list, 
 
 
 def llm_label_accuracy(records: list[dict], dataset_name: str) -> float:
-    """Accuracy of the LLM's labels against the ground truth (equations for svamp/asdiv).
-
-    The ground truth is `gt_label` where `label_type='llm'` replaced `label`, else `label`.
-    """
+    """Accuracy of the LLM's labels against the ground truth (`gt_label` where
+    `label_type='llm'` replaced `label`, else `label`; equations for svamp/asdiv)."""
     if any("llm_label" not in r for r in records):
         raise ValueError("records have no 'llm_label' (data.llm is not set)")
     return metrics.accuracy(
@@ -280,33 +273,19 @@ def llm_label_accuracy(records: list[dict], dataset_name: str) -> float:
 
 
 def raw_files(data_cfg: Any) -> list[str]:
-    """Every raw file `load_splits(data_cfg, ...)` may read (whether it exists or not), so a
-    cache of its records can be keyed on their contents (`builder.file_fingerprint`)."""
-    name, llm = data_cfg.name, teacher(data_cfg)
+    """Every raw file `load_splits(data_cfg, ...)` may read, existing or not (the key of the
+    prepared records, `builder.file_fingerprint`)."""
+    name, llm, data_dir = data_cfg.name, teacher(data_cfg), Path(data_cfg.dir)
     if name == "generic":
-        paths = generic.generic_paths(data_cfg, check=False)
-        gen_dir = Path(data_cfg.dir) / "generic"
-        out = [p for p in paths.values() if p is not None]
-        out.append(gen_dir / "generic_valid.json")  # if it appears, the splits change
+        out = [p for p in generic.generic_paths(data_cfg, check=False).values() if p is not None]
+        out.append(data_dir / "generic" / "generic_valid.json")  # if it appears, splits change
         return sorted({str(p) for p in out})
-    data_dir = Path(data_cfg.dir)
-    parts = (
-        [("svamp", "train"), ("asdiv", "train"), ("svamp", "test")]
-        if name == "asdiv"
-        else [(name, s) for s in SPECS[name].num_batches]
-    )
     out = []
-    for part, split in parts:
+    for part, split in (p for parts in _parts(name).values() for p in parts):
         out.append(data_dir / part / f"{part}_{split}.json")
         if part == "svamp":
             out.append(data_dir / part / "SVAMP.json")
-        if llm == "gpt":
-            out.append(data_dir / "gpt-neox" / part / f"{split}.json")
-        else:
-            out += [
-                data_dir / part / "llm" / f"{split}_CoT_{i}.json"
-                for i in range(SPECS[part].num_batches[split])
-            ]
+        out += _llm_paths(data_dir, part, split, llm)
     return sorted({str(p) for p in out})
 
 
@@ -317,13 +296,10 @@ def teacher(data_cfg: Any) -> str | None:
 
 def load_splits(data_cfg: Any, seed: int) -> dict[str, list[dict]]:
     """Records per split ('train', 'valid', 'test') for `config.data`, as the reference builds
-    them: `{input, label, rationale}` plus `llm_label` where the LLM's label exists, and, with
-    `label_type='llm'`, training records labelled `llm_label` that keep `gt_label`.
-
-    Reference datasets need `data.llm` 'palm' or 'gpt' (the reference always loads the
-    teacher's outputs; the rationale is the teacher's). `generic` takes 'generic' (the file's
-    label is also `llm_label`) or None (no `llm_label`); its rationale is the file's.
-    """
+    them: `{input, label, rationale}` plus `llm_label` where the LLM's label exists; with
+    `label_type='llm'` training records are labelled `llm_label` and keep `gt_label`.
+    Reference datasets need `data.llm` 'palm' or 'gpt'; `generic` takes 'generic' (the file's
+    label is also `llm_label`) or None."""
     # The fields are checked by distill_jax/config_check.py.
     name, llm, subsample = data_cfg.name, teacher(data_cfg), float(data_cfg.subsample)
     if name == "generic":
@@ -346,8 +322,7 @@ def load_splits(data_cfg: Any, seed: int) -> dict[str, list[dict]]:
         for split in ("train", "test"):
             acc = llm_label_accuracy(splits[split], name)
             logging.info("LLM %s Acc: %.4f", split.capitalize(), acc)
-        # As the reference: only the training labels are replaced; valid/test keep ground truth.
-        # `gt_label` keeps the ground truth, so the LLM's accuracy can still be measured.
+        # As the reference: only the training labels are replaced; `gt_label` keeps the truth.
         splits["train"] = [
             {**r, "label": r["llm_label"], "gt_label": r["label"]} for r in splits["train"]
         ]
@@ -357,22 +332,12 @@ def load_splits(data_cfg: Any, seed: int) -> dict[str, list[dict]]:
 def gold_rows(data_cfg: Any, split: str) -> list[dict]:
     """`{input, label}` of a reference dataset's `split`, formatted as for training, without
     any LLM output (what `--mode=teach` asks a teacher about when no --input is given)."""
-    name = getattr(data_cfg, "name", None)
+    name = data_cfg.name
     if name not in SPECS:
         raise UserError(f"data.name={name!r} has no split files of the reference layout")
-    data_dir = Path(getattr(data_cfg, "dir", "datasets") or "datasets")
-    parts = {"train": [("svamp", "train"), ("asdiv", "train")], "test": [("svamp", "test")]}
-    parts = parts if name == "asdiv" else {s: [(name, s)] for s in SPECS[name].num_batches}
+    parts = _parts(name)
     if split not in parts:
         raise UserError(
             f"{name} has no {split} split (it has {', '.join(parts)}); set teacher.split"
         )
-    rows = []
-    for part, part_split in parts[split]:
-        path = data_dir / part / f"{part}_{part_split}.json"
-        source = data_dir / part / "SVAMP.json"
-        if part == "svamp" and not path.is_file() and source.is_file():
-            rows += _svamp_from_source(source)[part_split]
-        else:
-            rows += _read_rows(path, part, data_dir)
-    return rows
+    return [row for part, s in parts[split] for row in _gold_part(Path(data_cfg.dir), part, s)]

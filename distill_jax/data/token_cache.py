@@ -1,17 +1,11 @@
 """Token ids cached next to the prepared records, so a start or resume does not re-tokenize.
 
-`tokenize_pairs_cached(records, tokenizer, ...)` returns what `features.tokenize_pairs` would.
-For records prepared by the builder (`RecordSource.cache_dir` set) it keeps the arrays in
-
-    <cache_dir>/<split>-<key>/{encoder,decoder}_{tokens,offsets}.npy, is_rationale.npy, meta.json
-
-where `<key>` hashes everything the ids depend on: the tokenizer (`tokenizer_fingerprint`: a
-hash of the files it saves), model_type, the length limits, the label field, the task
-prefixes and `CACHE_VERSION`. The records themselves are fixed by the prepared directory
-(keyed on the raw files' contents). A hit memory-maps the arrays and never reads the records.
-
-Multi-host: process 0 looks for the cache and writes it if missing, the others wait and read it
-(`distill_jax/multihost.py`). Writes are atomic: a temporary directory renamed into place.
+`tokenize_pairs_cached` returns what `features.tokenize_pairs` would. For records prepared by
+the builder (`RecordSource.cache_dir` set) it keeps the arrays as `.npy` files plus meta.json in
+`<cache_dir>/<split>-<key>/`, `<key>` hashing all the ids depend on: the tokenizer's saved
+files, the settings, the task prefixes and `CACHE_VERSION` (the records are fixed by the
+prepared directory). A hit memory-maps the arrays. Process 0 writes a missing cache and the
+others wait and read it (`multihost.py`); writes are atomic (a temporary directory renamed).
 """
 
 from __future__ import annotations
@@ -34,7 +28,6 @@ from distill_jax.data.features import Sequences, TokenizedPairs, TokenizerLike
 
 # Bump when the ids a tokenizer gives for the same files may change (e.g. a new backend).
 CACHE_VERSION = 1
-_ARRAYS = ("encoder_tokens", "encoder_offsets", "decoder_tokens", "decoder_offsets")
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +97,10 @@ def save(pairs: TokenizedPairs, path: pathlib.Path, **meta: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
-        arrays = {
-            "encoder_tokens": pairs.encoder.tokens,
-            "encoder_offsets": pairs.encoder.offsets,
-            "decoder_tokens": pairs.decoder.tokens,
-            "decoder_offsets": pairs.decoder.offsets,
-            "is_rationale": pairs.is_rationale,
-        }
-        for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array)
+        for side in ("encoder", "decoder"):
+            np.save(tmp / f"{side}_tokens.npy", getattr(pairs, side).tokens)
+            np.save(tmp / f"{side}_offsets.npy", getattr(pairs, side).offsets)
+        np.save(tmp / "is_rationale.npy", pairs.is_rationale)
         meta = {**meta, "pairs_per_example": pairs.pairs_per_example}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         os.rename(tmp, path)
@@ -126,10 +114,13 @@ def save(pairs: TokenizedPairs, path: pathlib.Path, **meta: Any) -> None:
 def load(path: pathlib.Path) -> TokenizedPairs:
     """The pairs `save` wrote, memory-mapped (read-only)."""
     meta = json.loads((path / "meta.json").read_text())
-    arr = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+    seqs = lambda side: Sequences(
+        np.load(path / f"{side}_tokens.npy", mmap_mode="r"),
+        np.load(path / f"{side}_offsets.npy", mmap_mode="r"),
+    )
     return TokenizedPairs(
-        Sequences(arr["encoder_tokens"], arr["encoder_offsets"]),
-        Sequences(arr["decoder_tokens"], arr["decoder_offsets"]),
+        seqs("encoder"),
+        seqs("decoder"),
         np.load(path / "is_rationale.npy"),
         int(meta["pairs_per_example"]),
     )
