@@ -1,10 +1,8 @@
 """`--mode=export --export_format=ctranslate2`: a self-contained CTranslate2 model directory.
 
-Our Hugging Face export (`hf_io.export_pretrained`) goes to a temporary directory, CTranslate2's
-own converter (`ctranslate2.converters.TransformersConverter`, which loads it with
-`transformers` and PyTorch) turns it into `model.bin` + vocabulary + `config.json`, and the
-tokenizer files are copied next to them; the result is renamed into place, so an interrupted
-export leaves nothing half-written at `out_dir`.
+Our HF export goes to a temporary directory, CTranslate2's own converter (which loads it with
+transformers and PyTorch) turns it into `model.bin` + vocabulary + `config.json` beside our
+tokenizer files, and the result is renamed into place, so `out_dir` is never half-written.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import tempfile
 
 from distill_jax.errors import UserError
 from distill_jax.model import hf_io
@@ -52,21 +49,13 @@ def export_ctranslate2(
 ) -> pathlib.Path:
     """Writes a CTranslate2 model of `params` to `out_dir` (every process calls; 0 writes).
 
-    `quantization` is CTranslate2's weight type (None keeps float32; 'int8' etc. also work at
-    load time through `compute_type`).
+    `quantization`: CTranslate2's weight type (None keeps float32; also settable at load time).
     """
     import jax
 
     converter_cls = _converter()
     out = pathlib.Path(out_dir)
-    if jax.process_index() == 0 and out.exists():
-        earlier = (out / "model.bin").is_file()
-        if not out.is_dir() or (any(out.iterdir()) and not earlier):
-            raise UserError(
-                f"export_dir {out}: exists and is not an earlier CTranslate2 export; pick a new one"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    work = hf_io.export_temp_dir(out, "model.bin", "CTranslate2 export")
     try:
         hf_dir, ct2_dir = work / "hf", work / "ct2"
         # Every process gathers the params; only process 0 writes the HF directory.
