@@ -293,7 +293,7 @@ def load_pretrained(
     if scan_layers:
         from distill_jax.model.t5 import scan_params
 
-        params = jax.tree.map(np.asarray, scan_params(params, cfg))
+        params = scan_params(params, cfg)
     return cfg, params
 
 

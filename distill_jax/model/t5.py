@@ -31,9 +31,7 @@ REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
 }
 
 
-def _constrain(x: Array, names: tuple[str, ...]) -> Array:
-    """Logical sharding constraint; a no-op without a mesh (CPU tests)."""
-    return nn.with_logical_constraint(x, names)
+_constrain = nn.with_logical_constraint  # a no-op without a mesh (CPU tests)
 
 
 def _param(module: nn.Module, name: str, std: float, shape: tuple[int, ...], axes: tuple) -> Array:
@@ -58,13 +56,9 @@ class RMSNorm(nn.Module):
 
 
 class Dropout(nn.Module):
-    """Inverted dropout drawing 16 random bits per element instead of nn.Dropout's 32.
-
-    Two masks come out of each 32-bit threefry word, which halves the cost of the RNG, a third of
-    a CPU train step with nn.Dropout. The drop probability is `rate` rounded to 1/65536 (0.1 ->
-    0.100006) and kept elements are scaled by the exact inverse of the keep probability, so the
-    expectation is unchanged. Draws follow the input's leading dims, so they shard like it.
-    """
+    """Inverted dropout from 16 random bits per element (nn.Dropout's RNG, 32 bits, was a third
+    of a CPU train step). `rate` is rounded to 1/65536 and kept elements scaled by the exact
+    inverse keep probability, so the expectation is unchanged; draws shard like the input."""
 
     rate: float
     deterministic: bool | None = None
@@ -429,10 +423,9 @@ class T5(nn.Module):
     ) -> Array:
         """Decoder logits, float32 [batch, dec_len, vocab].
 
-        With `decode=True` (mutable 'cache'), the tokens are appended to a KV cache: the first
-        call creates it with `max_decode_length` positions (default: this call's length) and
-        projects the encoder keys/values once; later calls feed the next token(s). Decoder
-        segment ids are ignored when decoding (rows are not packed).
+        `decode=True` (mutable 'cache') appends the tokens to a KV cache, which the first call
+        creates with `max_decode_length` positions (default: this call's length); decoder
+        segment ids are then ignored (rows are not packed).
         """
         cache_len = max_decode_length or decoder_input_tokens.shape[1]
         return self.decoder(
@@ -469,33 +462,30 @@ class T5(nn.Module):
         )
 
 
-def _stack(xs):
-    return np.stack(xs) if all(isinstance(x, np.ndarray) for x in xs) else jnp.stack(xs)
-
-
-def _num_layers(cfg: T5Config) -> dict[str, int]:
-    return {"encoder": cfg.num_encoder_layers, "decoder": cfg.num_decoder_layers}
+def _per_stack(params: dict, cfg: T5Config, fn: Callable[[dict, int], dict]) -> dict:
+    """`params` with each stack's subtree replaced by fn(a copy of it, its number of layers)."""
+    nums = {"encoder": cfg.num_encoder_layers, "decoder": cfg.num_decoder_layers}
+    return {**params, **{stack: fn(dict(params[stack]), num) for stack, num in nums.items()}}
 
 
 def scan_params(params: dict, cfg: T5Config) -> dict:
     """Unscanned -> scanned params: stacks each stack's 'layers_{i}' into one 'layers' subtree
-    with a leading [num_layers] axis. Works on unboxed (numpy or jax) arrays."""
-    out = dict(params)
-    for stack, num in _num_layers(cfg).items():
-        sub = dict(params[stack])
+    with a leading [num_layers] axis. Takes unboxed numpy or jax arrays, gives numpy."""
+
+    def scan(sub: dict, num: int) -> dict:
         layers = [sub.pop(f"layers_{i}") for i in range(num)]
-        sub["layers"] = jax.tree.map(lambda *xs: _stack(xs), *layers)
-        out[stack] = sub
-    return out
+        return {**sub, "layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
+
+    return _per_stack(params, cfg, scan)
 
 
 def unscan_params(params: dict, cfg: T5Config) -> dict:
     """Scanned -> unscanned params (inverse of `scan_params`)."""
-    out = dict(params)
-    for stack, num in _num_layers(cfg).items():
-        sub = dict(params[stack])
+
+    def unscan(sub: dict, num: int) -> dict:
         layers = sub.pop("layers")
         for i in range(num):
             sub[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
-        out[stack] = sub
-    return out
+        return sub
+
+    return _per_stack(params, cfg, unscan)
