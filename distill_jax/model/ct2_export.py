@@ -15,15 +15,6 @@ from distill_jax.errors import UserError
 from distill_jax.model import hf_io
 from distill_jax.model.config import T5Config
 
-# Tokenizer files of our HF export that a CTranslate2 user needs to tokenize (config.json is
-# not among them: the converter writes its own).
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "spiece.model",
-)
-
 
 def _converter():
     """CTranslate2's TransformersConverter, or a UserError naming what to install."""
@@ -62,7 +53,8 @@ def export_ctranslate2(
         hf_io.export_pretrained(hf_dir, cfg, params, tokenizer)
         if jax.process_index() != 0:
             return out
-        files = [name for name in TOKENIZER_FILES if (hf_dir / name).is_file()]
+        # config.json is not copied: the converter writes its own.
+        files = [name for name in hf_io.TOKENIZER_FILES if (hf_dir / name).is_file()]
         converter = converter_cls(str(hf_dir), copy_files=files)
         converter.convert(str(ct2_dir), quantization=quantization)
         os.chmod(ct2_dir, 0o755)

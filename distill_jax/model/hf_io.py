@@ -24,16 +24,20 @@ from flax import traverse_util
 from distill_jax.errors import UserError
 from distill_jax.model.config import T5Config, config_from_hf, config_to_hf
 
+# What a user of our exports needs to tokenize (the tokenizer's own files; not config.json).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "spiece.model",
+)
 HUB_PATTERNS = [
     "config.json",
     "*.safetensors",
     "*.safetensors.index.json",
     "flax_model.msgpack",
     "pytorch_model.bin*",
-    "spiece.model",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
+    *TOKENIZER_FILES,
 ]
 # Keys transformers writes or reads that carry no weights of their own (ties, a legacy bias).
 _IGNORED = {
@@ -345,9 +349,7 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
         state["lm_head.weight"] = state["shared.weight"]
     hf_config = config_to_hf(cfg)
     generation = {
-        "decoder_start_token_id": cfg.decoder_start_token_id,
-        "eos_token_id": cfg.eos_token_id,
-        "pad_token_id": cfg.pad_token_id,
+        k: hf_config[k] for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id")
     }
     if jax.process_index() != 0:
         return

@@ -449,9 +449,7 @@ class T5(nn.Module):
         enable_dropout: bool = False,
     ) -> Array:
         """Teacher-forced logits, float32 [batch, dec_len, vocab]."""
-        encoded = self.encode(
-            encoder_input_tokens, encoder_segment_ids, enable_dropout=enable_dropout
-        )
+        encoded = self.encoder(encoder_input_tokens, encoder_segment_ids, not enable_dropout)
         return self.decode(
             encoded,
             encoder_input_tokens,
