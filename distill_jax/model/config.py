@@ -148,10 +148,8 @@ def config_from_hf(hf: dict) -> T5Config:
     num_layers = _field(hf, "num_layers", int, 6)
     # transformers >= 5 always writes tie_word_embeddings=True and keeps the v1.0 behaviour
     # (shared lm head + output scaling) in scale_decoder_outputs; older files only have the tie.
-    if "scale_decoder_outputs" in hf:
-        tie = _field(hf, "scale_decoder_outputs", bool, True)
-    else:
-        tie = _field(hf, "tie_word_embeddings", bool, True)
+    tie_key = "scale_decoder_outputs" if "scale_decoder_outputs" in hf else "tie_word_embeddings"
+    tie = _field(hf, tie_key, bool, True)
     eos = hf.get("eos_token_id")
     if isinstance(eos, list) and eos:
         hf = {**hf, "eos_token_id": eos[0]}

@@ -23,6 +23,7 @@ from flax import traverse_util
 
 from distill_jax.errors import UserError
 from distill_jax.model.config import T5Config, config_from_hf, config_to_hf
+from distill_jax.model.t5 import scan_params, unscan_params
 
 # What a user of our exports needs to tokenize (the tokenizer's own files; not config.json).
 TOKENIZER_FILES = (
@@ -219,12 +220,11 @@ def _read_config(ckpt: pathlib.Path) -> T5Config:
     if not isinstance(hf, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(hf).__name__}")
     try:
-        cfg = config_from_hf(hf)
+        return config_from_hf(hf)
     except UserError as e:
         raise UserError(f"{path}: {e}") from e
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: not a supported T5 config ({type(e).__name__}: {e})") from e
-    return cfg
 
 
 def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[T5Config, dict]:
@@ -295,8 +295,6 @@ def load_pretrained(
         overrides["dropout_rate"] = dropout_rate
     cfg = dataclasses.replace(cfg, **overrides)
     if scan_layers:
-        from distill_jax.model.t5 import scan_params
-
         params = scan_params(params, cfg)
     return cfg, params
 
@@ -326,8 +324,6 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
     if "shared" not in params and "params" in params:
         params = params["params"]
     if "layers" in params["encoder"]:
-        from distill_jax.model.t5 import unscan_params
-
         params = unscan_params(params, dataclasses.replace(cfg, scan_layers=True))
     flat = traverse_util.flatten_dict(jax.tree.map(_to_numpy, params))
     if tokenizer.vocab_size > cfg.vocab_size:
