@@ -324,7 +324,7 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
     if "shared" not in params and "params" in params:
         params = params["params"]
     if "layers" in params["encoder"]:
-        params = unscan_params(params, dataclasses.replace(cfg, scan_layers=True))
+        params = unscan_params(params, cfg)
     flat = traverse_util.flatten_dict(jax.tree.map(_to_numpy, params))
     if tokenizer.vocab_size > cfg.vocab_size:
         raise UserError(
