@@ -12,19 +12,10 @@ from distill_jax.model.config import T5Config
 from distill_jax.model.t5 import T5
 
 
-def _variables(params) -> dict:
-    """Accepts {'params': ...} variables or the params dict itself, boxed or unboxed."""
-    params = nn.meta.unbox(params)
-    return dict(params) if "params" in params else {"params": params}
-
-
 def cast_for_compute(params, cfg: T5Config):
-    """Params cast once to the compute dtype, the values each use would cast them to anyway.
-
-    Every kernel, embedding and norm scale is used as `x.astype(cfg.dtype)`, so casting before
-    the decode loop changes no value while a bf16 step then reads half the weight bytes and
-    converts nothing. The relative-position tables stay float32: their bias is added in float32.
-    """
+    """Params cast once to the compute dtype, the values each use (`x.astype(cfg.dtype)`) would
+    cast them to anyway, so a bf16 step reads half the weight bytes and converts nothing. The
+    relative-position tables stay float32: their bias is added in float32."""
     dtype = jnp.dtype(cfg.dtype)
     if dtype == jnp.float32:
         return params
@@ -42,7 +33,8 @@ def greedy_decode_with_steps(
 ) -> tuple[jax.Array, jax.Array]:
     """`greedy_decode`, also returning how many decoder steps ran (< max_len on early exit)."""
     model = T5(cfg)
-    variables = cast_for_compute(_variables(params), cfg)
+    params = nn.meta.unbox(params)  # {'params': ...} or the params themselves, boxed or not
+    variables = cast_for_compute(dict(params) if "params" in params else {"params": params}, cfg)
     batch = encoder_input_tokens.shape[0]
     encoded = model.apply(variables, encoder_input_tokens, method=T5.encode)  # [b, l, embed]
 
@@ -84,11 +76,9 @@ def greedy_decode_with_steps(
 def greedy_decode(
     params, cfg: T5Config, encoder_input_tokens: jax.Array, max_len: int
 ) -> jax.Array:
-    """Greedy decoding with a KV cache; returns tokens int32 [batch, max_len].
+    """Greedy decoding with a KV cache; returns tokens int32 [batch, max_len], 0 after EOS.
 
-    The encoder runs once; the loop stops as soon as every row has emitted EOS. The output
-    includes the EOS token and is 0 after it. `params` is the params dict or {'params': ...},
-    boxed or not; the function is jitted (`cfg`, `max_len` static) and places nothing itself,
-    so it runs under a mesh with whatever sharding its inputs carry.
+    The encoder runs once and the loop stops once every row has emitted EOS. Jitted (`cfg`,
+    `max_len` static), it places nothing itself, so it runs under a mesh as its inputs are.
     """
     return greedy_decode_with_steps(params, cfg, encoder_input_tokens, max_len)[0]

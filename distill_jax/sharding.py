@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -80,12 +79,6 @@ def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) ->
 def batch_axis_size(mesh: Mesh) -> int:
     """Number of shards along the batch dimension (data * fsdp)."""
     return mesh.shape["data"] * mesh.shape["fsdp"]
-
-
-def logical_sharding(mesh: Mesh, logical_axes: Sequence[str | None]) -> NamedSharding:
-    """NamedSharding for an array with the given logical axis names."""
-    spec = nn.logical_to_mesh_axes(tuple(logical_axes), LOGICAL_AXIS_RULES)
-    return NamedSharding(mesh, spec)
 
 
 def tree_shardings_from_boxed(mesh: Mesh, boxed_tree) -> object:

@@ -1,9 +1,5 @@
-"""Attention cores shared by the T5 layers: the mask description and the fused path.
-
-`Mask` says which keys a query may see; `fused_attention` runs `jax.nn.dot_product_attention`
-with T5's conventions (config `model.attention='dot_product'`) and picks cuDNN on GPU where its
-limits hold. The explicit einsum/softmax path ('xla') lives in `t5.Attention`.
-"""
+"""The attention mask description and the fused path (`model.attention='dot_product'`) that
+runs `jax.nn.dot_product_attention`; the einsum/softmax path ('xla') lives in `t5.Attention`."""
 
 from __future__ import annotations
 
@@ -39,12 +35,10 @@ def dense_mask(mask: Mask, causal: bool, q_len: int, k_len: int) -> Array | None
 def fused_implementation(q: Array, bias: Array | None, mask: Mask, backend: str) -> str:
     """The `jax.nn.dot_product_attention` implementation for these operands on `backend`.
 
-    cuDNN flash attention on GPU where its limits hold: bf16/fp16, head dim a multiple of 8 (at
-    most 128), a bias of batch 1, and no per-example dense mask (jax folds a mask into the bias,
-    and cuDNN silently drops the gradient of a bias whose batch is not 1; packed rows therefore
-    take XLA). One query row (decoding) gains nothing from flash tiling. XLA otherwise.
-    On TPU this is where `jax.experimental.pallas.ops.tpu.flash_attention` (which takes a bias
-    and segment ids, so packed rows too) would plug in; it is not wired yet.
+    cuDNN on GPU where its limits hold: bf16/fp16, head dim a multiple of 8 up to 128, a bias of
+    batch 1 and no per-example dense mask (jax folds a mask into the bias, and cuDNN silently
+    drops the gradient of a bias whose batch is not 1, so packed rows take XLA); one query row
+    (decoding) gains nothing from flash tiling. XLA otherwise (TPU: not wired yet).
     """
     if backend != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16) or q.shape[1] == 1:
         return "xla"

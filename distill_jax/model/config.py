@@ -38,34 +38,42 @@ class T5Config:
     decoder_start_token_id: int = 0
 
     def __post_init__(self):
-        if self.feed_forward_proj not in FEED_FORWARD_PROJS:
-            raise UserError(
-                f"T5Config.feed_forward_proj={self.feed_forward_proj!r} is not supported; "
-                f"use one of {FEED_FORWARD_PROJS}"
-            )
-        if self.remat_policy not in REMAT_POLICIES:
-            raise UserError(
-                f"T5Config.remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}"
-            )
-        if self.attention not in ATTENTIONS:
-            raise UserError(
-                f"T5Config.attention={self.attention!r} (config field model.attention) is not "
-                f"one of {ATTENTIONS}"
-            )
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise UserError(f"T5Config.dtype={self.dtype!r} is not float32, bfloat16 or float16")
+        for name, options in (
+            ("feed_forward_proj", FEED_FORWARD_PROJS),
+            ("remat_policy", REMAT_POLICIES),
+            ("attention", ATTENTIONS),
+            ("dtype", ("float32", "bfloat16", "float16")),
+        ):
+            value = getattr(self, name)
+            if value not in options:
+                field = " (config field model.attention)" if name == "attention" else ""
+                raise UserError(f"T5Config.{name}={value!r}{field} is not one of {options}")
 
 
 FEED_FORWARD_PROJS = ("gated-gelu", "relu")
 REMAT_POLICIES = ("none", "minimal", "full")
 ATTENTIONS = ("xla", "dot_product")
+# HF config.json fields that are T5Config fields of the same name, with transformers' defaults.
+_HF_FIELDS = {
+    "vocab_size": 32128,
+    "d_model": 512,
+    "d_kv": 64,
+    "d_ff": 2048,
+    "num_heads": 8,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "dropout_rate": 0.1,
+    "layer_norm_epsilon": 1e-6,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
 
 
 def _preset(d_model: int, d_ff: int, heads: int, layers: int, *, v1_0: bool) -> T5Config:
     """Published dims; v1.0 is ReLU with tied embeddings, v1.1/Flan gated-GELU and untied."""
     return T5Config(
         d_model=d_model,
-        d_kv=64,
         d_ff=d_ff,
         num_heads=heads,
         num_encoder_layers=layers,
@@ -123,12 +131,8 @@ def _field(hf: dict, key: str, kind: type, default: Any) -> Any:
 
 
 def config_from_hf(hf: dict) -> T5Config:
-    """Converts a Hugging Face T5 `config.json` dict to a T5Config.
-
-    Missing fields take transformers.T5Config's defaults. Raises UserError naming the field for
-    architectures this model does not implement (model_type other than 't5', an unsupported
-    feed_forward_proj).
-    """
+    """Converts a Hugging Face T5 `config.json` dict to a T5Config (missing fields take
+    transformers' defaults); UserError naming the field for an architecture we lack."""
     model_type = hf.get("model_type")
     if model_type != "t5":
         raise UserError(
@@ -144,30 +148,17 @@ def config_from_hf(hf: dict) -> T5Config:
     num_layers = _field(hf, "num_layers", int, 6)
     # transformers >= 5 always writes tie_word_embeddings=True and keeps the v1.0 behaviour
     # (shared lm head + output scaling) in scale_decoder_outputs; older files only have the tie.
-    if "scale_decoder_outputs" in hf:
-        tie = _field(hf, "scale_decoder_outputs", bool, True)
-    else:
-        tie = _field(hf, "tie_word_embeddings", bool, True)
-    eos = hf.get("eos_token_id", 1)
+    tie_key = "scale_decoder_outputs" if "scale_decoder_outputs" in hf else "tie_word_embeddings"
+    tie = _field(hf, tie_key, bool, True)
+    eos = hf.get("eos_token_id")
     if isinstance(eos, list) and eos:
-        eos = eos[0]
+        hf = {**hf, "eos_token_id": eos[0]}
     return T5Config(
-        vocab_size=_field(hf, "vocab_size", int, 32128),
-        d_model=_field(hf, "d_model", int, 512),
-        d_kv=_field(hf, "d_kv", int, 64),
-        d_ff=_field(hf, "d_ff", int, 2048),
-        num_heads=_field(hf, "num_heads", int, 8),
+        **{key: _field(hf, key, type(default), default) for key, default in _HF_FIELDS.items()},
         num_encoder_layers=num_layers,
         num_decoder_layers=_field(hf, "num_decoder_layers", int, num_layers),
-        relative_attention_num_buckets=_field(hf, "relative_attention_num_buckets", int, 32),
-        relative_attention_max_distance=_field(hf, "relative_attention_max_distance", int, 128),
-        dropout_rate=_field(hf, "dropout_rate", float, 0.1),
-        layer_norm_epsilon=_field(hf, "layer_norm_epsilon", float, 1e-6),
         feed_forward_proj=ff,
         tie_word_embeddings=tie,
-        pad_token_id=_field(hf, "pad_token_id", int, 0),
-        eos_token_id=_field({"eos_token_id": eos}, "eos_token_id", int, 1),
-        decoder_start_token_id=_field(hf, "decoder_start_token_id", int, 0),
     )
 
 
@@ -175,27 +166,18 @@ def config_to_hf(cfg: T5Config) -> dict:
     """Converts a T5Config to a HF `config.json` dict that `transformers.T5Config(**d)` loads."""
     gated = cfg.feed_forward_proj == "gated-gelu"
     return {
+        **{key: getattr(cfg, key) for key in _HF_FIELDS},
         "architectures": ["T5ForConditionalGeneration"],
         "model_type": "t5",
-        "vocab_size": cfg.vocab_size,
-        "d_model": cfg.d_model,
-        "d_kv": cfg.d_kv,
-        "d_ff": cfg.d_ff,
-        "num_heads": cfg.num_heads,
         "num_layers": cfg.num_encoder_layers,
         "num_decoder_layers": cfg.num_decoder_layers,
-        "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
-        "relative_attention_max_distance": cfg.relative_attention_max_distance,
-        "dropout_rate": cfg.dropout_rate,
-        "layer_norm_epsilon": cfg.layer_norm_epsilon,
         "initializer_factor": 1.0,
         "feed_forward_proj": cfg.feed_forward_proj,
         "dense_act_fn": "gelu_new" if gated else "relu",
         "is_gated_act": gated,
         "tie_word_embeddings": cfg.tie_word_embeddings,
+        # transformers 5 reads v1.0-vs-v1.1 from this (it forces tie_word_embeddings=True).
+        "scale_decoder_outputs": cfg.tie_word_embeddings,
         "is_encoder_decoder": True,
         "use_cache": True,
-        "pad_token_id": cfg.pad_token_id,
-        "eos_token_id": cfg.eos_token_id,
-        "decoder_start_token_id": cfg.decoder_start_token_id,
     }

@@ -1,9 +1,8 @@
 """Hugging Face T5 checkpoints: find a directory or hub id, import its weights, export ours.
 
-Weights are read from model.safetensors (single or sharded with an index), flax_model.msgpack
-or pytorch_model.bin (single or sharded; loaded with `weights_only=True`, torch optional). All
-formats are first brought to PyTorch names and layouts, then mapped onto our parameter tree
-(see the spec in `distill_jax/model/t5.py`). Exports write what transformers expects.
+Weights are read from model.safetensors, flax_model.msgpack or pytorch_model.bin (each single or
+sharded with an index; torch optional), brought to PyTorch names and layouts, then mapped onto
+our parameter tree by `_layout`. Exports write what transformers expects.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import pathlib
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import jax
 import ml_dtypes
@@ -24,17 +23,22 @@ from flax import traverse_util
 
 from distill_jax.errors import UserError
 from distill_jax.model.config import T5Config, config_from_hf, config_to_hf
+from distill_jax.model.t5 import scan_params, unscan_params
 
+# What a user of our exports needs to tokenize (the tokenizer's own files; not config.json).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "spiece.model",
+)
 HUB_PATTERNS = [
     "config.json",
     "*.safetensors",
     "*.safetensors.index.json",
     "flax_model.msgpack",
     "pytorch_model.bin*",
-    "spiece.model",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
+    *TOKENIZER_FILES,
 ]
 # Keys transformers writes or reads that carry no weights of their own (ties, a legacy bias).
 _IGNORED = {
@@ -86,12 +90,8 @@ def resolve_pretrained(name_or_path: str) -> pathlib.Path:
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """Reads a .safetensors file, memory-mapped.
-
-    Kept instead of `safetensors.numpy.load_file`, which reads the whole file into memory
-    first: here each weight is read only when `_convert` casts it to float32, so an 11B
-    checkpoint is never held twice in host memory.
-    """
+    """Reads a .safetensors file, memory-mapped (unlike `safetensors.numpy.load_file`): each
+    weight is read only when `_convert` casts it, so an 11B checkpoint is never held twice."""
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(size))
@@ -139,12 +139,11 @@ def _read_flax(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 def _read_weights(ckpt: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
     """All weights of a checkpoint dir in PyTorch naming and layout, and the file they came from."""
-    readers: list[tuple[str, Callable[[pathlib.Path], dict[str, np.ndarray]]]] = [
+    for name, reader in (
         ("model.safetensors", _read_safetensors),
         ("flax_model.msgpack", _read_flax),
         ("pytorch_model.bin", _read_torch),
-    ]
-    for name, reader in readers:
+    ):
         if (ckpt / name).is_file():
             return reader(ckpt / name), str(ckpt / name)
         index = ckpt / f"{name}.index.json"
@@ -168,80 +167,43 @@ def _read_weights(ckpt: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
 # --------------------------------------------------------------------------- name mapping
 
 
-def _layout(cfg: T5Config) -> Iterator[tuple[tuple[str, ...], str, str]]:
-    """(our param path, HF PyTorch name, kind) for every weight; kind selects the transform."""
-    yield ("shared", "embedding"), "shared.weight", "embed"
-    attn = ("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")
-    mlp = ["wi_0", "wi_1", "wo"] if cfg.feed_forward_proj.startswith("gated") else ["wi", "wo"]
-    for stack, n in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
-        yield (
-            (stack, "relpos_bias", "rel_embedding"),
-            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-            "relpos",
-        )
-        if stack == "encoder":
-            subs = [("attention", "SelfAttention", "pre_attention_layer_norm")]
-        else:
-            subs = [
-                ("self_attention", "SelfAttention", "pre_self_attention_layer_norm"),
-                ("encoder_decoder_attention", "EncDecAttention", "pre_cross_attention_layer_norm"),
-            ]
-        for i in range(n):
+def _layout(cfg: T5Config) -> Iterator[tuple[tuple[str, ...], str, tuple, tuple | None]]:
+    """(our param path, HF PyTorch name, its shape, our shape) of every weight.
+
+    nn.Linear keeps [out, in] where our kernels are [in, out] (attention's split into heads);
+    our shape None: the same array in both.
+    """
+    d, f, h, k = cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.d_kv
+    vocab, buckets = cfg.vocab_size, cfg.relative_attention_num_buckets
+    qkv = (h * k, d), (d, h, k)
+    mha = [("q", "query", *qkv), ("k", "key", *qkv), ("v", "value", *qkv)]
+    mha.append(("o", "out", (d, h * k), (h, k, d)))
+    wi = ["wi_0", "wi_1"] if cfg.feed_forward_proj.startswith("gated") else ["wi"]
+    mlp = [(w, w, (f, d), (d, f)) for w in wi] + [("wo", "wo", (d, f), (f, d))]
+    # Per layer, in HF's `layer.{j}` order: (norm, our module, HF module, its weights).
+    ffn = ("pre_mlp_layer_norm", "mlp", "DenseReluDense", mlp)
+    stacks = {
+        "encoder": [("pre_attention_layer_norm", "attention", "SelfAttention", mha), ffn],
+        "decoder": [
+            ("pre_self_attention_layer_norm", "self_attention", "SelfAttention", mha),
+            ("pre_cross_attention_layer_norm", "encoder_decoder_attention", "EncDecAttention", mha),
+            ffn,
+        ],
+    }
+    yield ("shared", "embedding"), "shared.weight", (vocab, d), None
+    for stack, subs in stacks.items():
+        relpos = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        yield (stack, "relpos_bias", "rel_embedding"), relpos, (buckets, h), (h, buckets)
+        for i in range(getattr(cfg, f"num_{stack}_layers")):
             ours, hf = (stack, f"layers_{i}"), f"{stack}.block.{i}.layer"
-            for j, (name, hf_name, norm) in enumerate(subs):
-                yield (*ours, norm, "scale"), f"{hf}.{j}.layer_norm.weight", "norm"
-                for a, b in attn:
-                    yield (*ours, name, b, "kernel"), f"{hf}.{j}.{hf_name}.{a}.weight", a
-            yield (
-                (*ours, "pre_mlp_layer_norm", "scale"),
-                f"{hf}.{len(subs)}.layer_norm.weight",
-                "norm",
-            )
-            for w in mlp:
-                kind = "wo" if w == "wo" else "wi"
-                yield (
-                    (*ours, "mlp", w, "kernel"),
-                    f"{hf}.{len(subs)}.DenseReluDense.{w}.weight",
-                    kind,
-                )
-        yield (stack, f"{stack}_norm", "scale"), f"{stack}.final_layer_norm.weight", "norm"
+            for j, (norm, module, hf_module, weights) in enumerate(subs):
+                yield (*ours, norm, "scale"), f"{hf}.{j}.layer_norm.weight", (d,), None
+                for hf_w, w, hf_shape, shape in weights:
+                    name = f"{hf}.{j}.{hf_module}.{hf_w}.weight"
+                    yield (*ours, module, w, "kernel"), name, hf_shape, shape
+        yield (stack, f"{stack}_norm", "scale"), f"{stack}.final_layer_norm.weight", (d,), None
     if not cfg.tie_word_embeddings:
-        yield ("decoder", "logits_dense", "kernel"), "lm_head.weight", "lm_head"
-
-
-def _hf_shape(kind: str, cfg: T5Config) -> tuple[int, ...]:
-    """The PyTorch shape of a weight of this kind."""
-    inner, d, f = cfg.num_heads * cfg.d_kv, cfg.d_model, cfg.d_ff
-    return {
-        "embed": (cfg.vocab_size, d),
-        "lm_head": (cfg.vocab_size, d),
-        "relpos": (cfg.relative_attention_num_buckets, cfg.num_heads),
-        "norm": (d,),
-        "q": (inner, d),
-        "k": (inner, d),
-        "v": (inner, d),
-        "o": (d, inner),
-        "wi": (f, d),
-        "wo": (d, f),
-    }[kind]
-
-
-def _to_ours(kind: str, w: np.ndarray, cfg: T5Config) -> np.ndarray:
-    """PyTorch layout -> our layout (nn.Linear keeps [out, in]; our kernels are [in, out])."""
-    if kind in ("q", "k", "v"):
-        return w.T.reshape(cfg.d_model, cfg.num_heads, cfg.d_kv)  # -> [embed, heads, kv]
-    if kind == "o":
-        return w.T.reshape(cfg.num_heads, cfg.d_kv, cfg.d_model)  # -> [heads, kv, embed]
-    return w if kind in ("embed", "norm") else w.T
-
-
-def _to_hf(kind: str, w: np.ndarray, cfg: T5Config) -> np.ndarray:
-    """Our layout -> PyTorch layout (inverse of _to_ours)."""
-    if kind in ("q", "k", "v"):
-        return w.reshape(cfg.d_model, -1).T
-    if kind == "o":
-        return w.reshape(-1, cfg.d_model).T
-    return w if kind in ("embed", "norm") else w.T
+        yield ("decoder", "logits_dense", "kernel"), "lm_head.weight", (vocab, d), (d, vocab)
 
 
 # --------------------------------------------------------------------------- import
@@ -258,12 +220,11 @@ def _read_config(ckpt: pathlib.Path) -> T5Config:
     if not isinstance(hf, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(hf).__name__}")
     try:
-        cfg = config_from_hf(hf)
+        return config_from_hf(hf)
     except UserError as e:
         raise UserError(f"{path}: {e}") from e
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: not a supported T5 config ({type(e).__name__}: {e})") from e
-    return cfg
 
 
 def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[T5Config, dict]:
@@ -288,19 +249,19 @@ def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[
             state["lm_head.weight"] = embed  # transformers 5 ties a missing head to `shared`
     flat: dict[tuple[str, ...], np.ndarray] = {}  # our param path -> weight
     used = set()
-    for path, name, kind in _layout(cfg):
+    for path, name, expected, shape in _layout(cfg):
         if name not in state:
             raise UserError(
                 f"{source}: weight {name!r} is missing (does the checkpoint match config.json?)"
             )
-        w, expected = state[name], _hf_shape(kind, cfg)
+        w = state[name]
         if tuple(w.shape) != expected:
             raise UserError(
                 f"{source}: weight {name!r} has shape {tuple(w.shape)}, expected {expected} "
                 "from config.json"
             )
-        w = _to_ours(kind, np.asarray(w, dtype=np.float32), cfg)  # bf16/fp16 upcast here
-        flat[path] = np.ascontiguousarray(w)
+        w = np.asarray(w, dtype=np.float32)  # bf16/fp16 upcast here
+        flat[path] = np.ascontiguousarray(w if shape is None else w.T.reshape(shape))
         used.add(name)
     extra = sorted(set(state) - used - _IGNORED)
     if extra:
@@ -334,9 +295,7 @@ def load_pretrained(
         overrides["dropout_rate"] = dropout_rate
     cfg = dataclasses.replace(cfg, **overrides)
     if scan_layers:
-        from distill_jax.model.t5 import scan_params
-
-        params = jax.tree.map(np.asarray, scan_params(params, cfg))
+        params = scan_params(params, cfg)
     return cfg, params
 
 
@@ -365,9 +324,7 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
     if "shared" not in params and "params" in params:
         params = params["params"]
     if "layers" in params["encoder"]:
-        from distill_jax.model.t5 import unscan_params
-
-        params = unscan_params(params, dataclasses.replace(cfg, scan_layers=True))
+        params = unscan_params(params, cfg)
     flat = traverse_util.flatten_dict(jax.tree.map(_to_numpy, params))
     if tokenizer.vocab_size > cfg.vocab_size:
         raise UserError(
@@ -375,12 +332,11 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
             f"only {cfg.vocab_size}"
         )
     state = {}
-    for path, name, kind in _layout(cfg):
-        w = _to_hf(kind, flat[path], cfg)
-        if w.shape != _hf_shape(kind, cfg):
-            raise ValueError(
-                f"export: {name} has shape {w.shape}, config says {_hf_shape(kind, cfg)}"
-            )
+    for path, name, hf_shape, shape in _layout(cfg):
+        w = flat[path]
+        if w.shape != (shape or hf_shape):
+            raise ValueError(f"export: {name} has shape {w.shape}, config says {shape or hf_shape}")
+        w = w if shape is None else w.reshape(hf_shape[::-1]).T
         state[name] = np.ascontiguousarray(w, dtype=np.float32)
     # transformers ties these to `shared`; writing them keeps every loader free of warnings.
     for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
@@ -388,26 +344,13 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
     if cfg.tie_word_embeddings:
         state["lm_head.weight"] = state["shared.weight"]
     hf_config = config_to_hf(cfg)
-    hf_config.update(
-        architectures=["T5ForConditionalGeneration"],
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        # transformers 5 reads v1.0-vs-v1.1 from this (it forces tie_word_embeddings=True).
-        scale_decoder_outputs=cfg.tie_word_embeddings,
-    )
     generation = {
-        "decoder_start_token_id": cfg.decoder_start_token_id,
-        "eos_token_id": cfg.eos_token_id,
-        "pad_token_id": cfg.pad_token_id,
+        k: hf_config[k] for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id")
     }
     if jax.process_index() != 0:
         return
     out = pathlib.Path(out_dir)
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())
-    ):
-        raise UserError(f"export_dir {out}: exists and is not an earlier export; pick a new one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = export_temp_dir(out, "config.json", "export")
     try:
         os.chmod(tmp, 0o755)
         for name, obj in (("config.json", hf_config), ("generation_config.json", generation)):
@@ -418,6 +361,15 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def export_temp_dir(out: pathlib.Path, marker: str, what: str) -> pathlib.Path:
+    """A new temp dir beside `out` to build an export in; refuses an `out` that holds anything
+    but an earlier export (a directory with `marker`)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).is_file())):
+        raise UserError(f"export_dir {out}: exists and is not an earlier {what}; pick a new one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
 
 
 def replace_dir(new: pathlib.Path, out: pathlib.Path) -> None:

@@ -31,9 +31,7 @@ REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
 }
 
 
-def _constrain(x: Array, names: tuple[str, ...]) -> Array:
-    """Logical sharding constraint; a no-op without a mesh (CPU tests)."""
-    return nn.with_logical_constraint(x, names)
+_constrain = nn.with_logical_constraint  # a no-op without a mesh (CPU tests)
 
 
 def _param(module: nn.Module, name: str, std: float, shape: tuple[int, ...], axes: tuple) -> Array:
@@ -58,13 +56,9 @@ class RMSNorm(nn.Module):
 
 
 class Dropout(nn.Module):
-    """Inverted dropout drawing 16 random bits per element instead of nn.Dropout's 32.
-
-    Two masks come out of each 32-bit threefry word, which halves the cost of the RNG, a third of
-    a CPU train step with nn.Dropout. The drop probability is `rate` rounded to 1/65536 (0.1 ->
-    0.100006) and kept elements are scaled by the exact inverse of the keep probability, so the
-    expectation is unchanged. Draws follow the input's leading dims, so they shard like it.
-    """
+    """Inverted dropout from 16 random bits per element (nn.Dropout's RNG, 32 bits, was a third
+    of a CPU train step). `rate` is rounded to 1/65536 and kept elements scaled by the exact
+    inverse keep probability, so the expectation is unchanged; draws shard like the input."""
 
     rate: float
     deterministic: bool | None = None
@@ -160,11 +154,6 @@ class RelativePositionBias(nn.Module):
         return jnp.take(table, buckets, axis=1)[None]  # [1, heads, q, k] float32
 
 
-def _heads_major(x: Array) -> Array:
-    """[b, length, heads, kv] -> [b, heads, length, kv]."""
-    return x.transpose(0, 2, 1, 3)
-
-
 class Attention(nn.Module):
     """Multi-head attention. `cache`: None (no cache), 'self' (append to a KV cache of
     `cache_length` positions at `position`), or 'cross' (project the encoder output once).
@@ -180,43 +169,31 @@ class Attention(nn.Module):
     def __call__(self, x_q, x_kv, bias, mask: Mask, position=None) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         d, h, k = cfg.d_model, cfg.num_heads, cfg.d_kv
-        in_axes, out_axes = ("embed", "heads", "kv"), ("heads", "kv", "embed")
 
         def proj(name, std):
-            return Proj((d, h, k), in_axes, "bld,dhk->blhk", std, dtype, name=name)
+            return Proj((d, h, k), ("embed", "heads", "kv"), "bld,dhk->blhk", std, dtype, name=name)
 
-        query, key, value = (
-            proj("query", (d * k) ** -0.5),
-            proj("key", d**-0.5),
-            proj("value", d**-0.5),
-        )
-        qkv_names = ("batch", "length", "heads", "kv")
-        q = _constrain(query(x_q), qkv_names)  # [b, q, heads, kv]
-        # Caches are kept heads-major, [b, heads, length, kv]: the layout the score and value
-        # matmuls batch over, so a decode step reads them without transposing a copy.
-        cache_names = ("batch", "heads", "length", "kv")
-        heads_major = self.cache is not None
-        if self.cache == "cross":
-            # Encoder keys/values do not change while decoding: project them on the call that
-            # creates the cache, then only read them.
-            keys = self.variable("cache", "cached_key", lambda: _heads_major(key(x_kv))).value
-            values = self.variable("cache", "cached_value", lambda: _heads_major(value(x_kv))).value
-        elif self.cache == "self":
+        def keys_or_values(name: str) -> Array:
+            """[b, k, heads, kv]; from a cache heads-major, [b, heads, k, kv]: the layout the
+            score and value matmuls batch over, so a decode step reads it without a transpose."""
+            project = proj(name, d**-0.5)
+            if self.cache is None:
+                return project(x_kv)
+            if self.cache == "cross":  # encoder output: projected on the call creating the cache
+                init = lambda: project(x_kv).transpose(0, 2, 1, 3)
+                return self.variable("cache", f"cached_{name}", init).value
             shape = (x_q.shape[0], h, self.cache_length, k)
-            cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, dtype)
-            cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, dtype)
-            start = (0, 0, position, 0)
-            cached_key.value = jax.lax.dynamic_update_slice(
-                cached_key.value, _heads_major(key(x_kv)), start
-            )
-            cached_value.value = jax.lax.dynamic_update_slice(
-                cached_value.value, _heads_major(value(x_kv)), start
-            )
-            keys, values = cached_key.value, cached_value.value  # [b, heads, cache_length, kv]
-        else:
-            keys, values = key(x_kv), value(x_kv)  # [b, k, heads, kv]
-        kv_names = cache_names if heads_major else qkv_names
-        keys, values = _constrain(keys, kv_names), _constrain(values, kv_names)
+            cached = self.variable("cache", f"cached_{name}", jnp.zeros, shape, dtype)
+            new = project(x_kv).transpose(0, 2, 1, 3)
+            cached.value = jax.lax.dynamic_update_slice(cached.value, new, (0, 0, position, 0))
+            return cached.value  # [b, heads, cache_length, kv]
+
+        qkv_names = ("batch", "length", "heads", "kv")
+        q = _constrain(proj("query", (d * k) ** -0.5)(x_q), qkv_names)  # [b, q, heads, kv]
+        heads_major = self.cache is not None
+        kv_names = ("batch", "heads", "length", "kv") if heads_major else qkv_names
+        keys = _constrain(keys_or_values("key"), kv_names)
+        values = _constrain(keys_or_values("value"), kv_names)
         k_len = keys.shape[2] if heads_major else keys.shape[1]
 
         if cfg.attention == "dot_product":
@@ -237,6 +214,7 @@ class Attention(nn.Module):
             weights = Dropout(cfg.dropout_rate)(weights, deterministic=self.deterministic)
             out = jnp.einsum(f"bhqk,{kv}->bqhd", weights, values)  # [b, q, heads, kv]
         out = _constrain(out, qkv_names)
+        out_axes = ("heads", "kv", "embed")
         return Proj((h, k, d), out_axes, "blhk,hkd->bld", (h * k) ** -0.5, dtype, name="out")(out)
 
 
@@ -263,59 +241,44 @@ class MLP(nn.Module):
         return Proj((f, d), ("mlp", "embed"), "blf,fd->bld", f**-0.5, dtype, name="wo")(hidden)
 
 
-class EncoderLayer(nn.Module):
-    """Pre-norm self-attention + MLP with dropout on each residual branch."""
+class Layer(nn.Module):
+    """Pre-norm self-attention, cross-attention to the encoder (`decoder` only) and MLP, with
+    dropout on each residual branch."""
 
     config: T5Config
     deterministic: bool
-
-    @nn.compact
-    def __call__(self, x, bias, mask):
-        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        drop = Dropout(cfg.dropout_rate, deterministic=self.deterministic)
-        y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
-        x = x + drop(Attention(cfg, self.deterministic, name="attention")(y, y, bias, mask))
-        y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
-        x = x + drop(MLP(cfg, self.deterministic, name="mlp")(y))
-        return _constrain(x, ("batch", "length", "embed")), None
-
-
-class DecoderLayer(nn.Module):
-    """Causal self-attention, cross-attention to the encoder, MLP (all pre-norm)."""
-
-    config: T5Config
-    deterministic: bool
+    decoder: bool = False
     decode: bool = False
     cache_length: int = 0
     causal: bool = False  # self-attention adds the causal mask itself ('dot_product' training)
 
     @nn.compact
-    def __call__(self, x, bias, mask: Mask, encoded, cross_mask: Mask, position):
-        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        eps, det = cfg.layer_norm_epsilon, self.deterministic
+    def __call__(
+        self, x, bias, mask: Mask, encoded=None, cross_mask: Mask | None = None, position=None
+    ):
+        cfg, det = self.config, self.deterministic
         drop = Dropout(cfg.dropout_rate, deterministic=det)
-        self_attn = Attention(
-            cfg,
-            det,
-            "self" if self.decode else None,
-            self.cache_length,
-            self.causal,
-            name="self_attention",
-        )
-        cross_attn = Attention(
-            cfg, det, "cross" if self.decode else None, name="encoder_decoder_attention"
-        )
-        y = RMSNorm(eps, dtype, name="pre_self_attention_layer_norm")(x)
+
+        def norm(name: str, x: Array) -> Array:
+            eps, dtype = cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype)
+            return RMSNorm(eps, dtype, name=f"pre_{name}_layer_norm")(x)
+
+        name = "self_attention" if self.decoder else "attention"
+        cache = "self" if self.decode else None
+        self_attn = Attention(cfg, det, cache, self.cache_length, self.causal, name=name)
+        y = norm(name, x)
         x = x + drop(self_attn(y, y, bias, mask, position))
-        y = RMSNorm(eps, dtype, name="pre_cross_attention_layer_norm")(x)
-        x = x + drop(cross_attn(y, encoded, None, cross_mask))
-        y = RMSNorm(eps, dtype, name="pre_mlp_layer_norm")(x)
-        x = x + drop(MLP(cfg, det, name="mlp")(y))
+        if self.decoder:
+            cache = "cross" if self.decode else None
+            cross_attn = Attention(cfg, det, cache, name="encoder_decoder_attention")
+            x = x + drop(cross_attn(norm("cross_attention", x), encoded, None, cross_mask))
+        x = x + drop(MLP(cfg, det, name="mlp")(norm("mlp", x)))
         return _constrain(x, ("batch", "length", "embed")), None
 
 
-def _run_layers(layer_cls: type[nn.Module], cfg: T5Config, num: int, kwargs: dict, x, *args):
-    """Applies `num` layers, unrolled ('layers_{i}') or with nn.scan ('layers'), with remat."""
+def _run_layers(cfg: T5Config, num: int, kwargs: dict, x, *args):
+    """Applies `num` Layers, unrolled ('layers_{i}') or with nn.scan ('layers'), with remat."""
+    layer_cls = Layer
     if cfg.remat_policy != "none":
         # prevent_cse only matters outside scan (scan already stops CSE across iterations).
         layer_cls = nn.remat(
@@ -370,7 +333,7 @@ class Encoder(nn.Module):
         else:
             mask = Mask(dense=_segment_mask(segment_ids, segment_ids))
         kwargs = {"deterministic": deterministic}
-        x = _run_layers(EncoderLayer, cfg, cfg.num_encoder_layers, kwargs, x, bias, mask)
+        x = _run_layers(cfg, cfg.num_encoder_layers, kwargs, x, bias, mask)
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
         return drop(x)
 
@@ -411,14 +374,14 @@ class Decoder(nn.Module):
         bias = RelativePositionBias(cfg, False, name="relpos_bias")(q_pos, k_pos)
         kwargs = {
             "deterministic": deterministic,
+            "decoder": True,
             "decode": decode,
             "cache_length": cache_len,
             "causal": self_causal,
         }
         x = _run_layers(
-            DecoderLayer, cfg, cfg.num_decoder_layers, kwargs, x, bias, mask, encoded,
-            cross_mask, position,
-        )  # fmt: skip
+            cfg, cfg.num_decoder_layers, kwargs, x, bias, mask, encoded, cross_mask, position
+        )
         x = drop(RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(x))
         if cfg.tie_word_embeddings:
             logits = self.shared.attend(x * (cfg.d_model**-0.5))  # v1.0 rescales before tying
@@ -460,10 +423,9 @@ class T5(nn.Module):
     ) -> Array:
         """Decoder logits, float32 [batch, dec_len, vocab].
 
-        With `decode=True` (mutable 'cache'), the tokens are appended to a KV cache: the first
-        call creates it with `max_decode_length` positions (default: this call's length) and
-        projects the encoder keys/values once; later calls feed the next token(s). Decoder
-        segment ids are ignored when decoding (rows are not packed).
+        `decode=True` (mutable 'cache') appends the tokens to a KV cache, which the first call
+        creates with `max_decode_length` positions (default: this call's length); decoder
+        segment ids are then ignored (rows are not packed).
         """
         cache_len = max_decode_length or decoder_input_tokens.shape[1]
         return self.decoder(
@@ -487,9 +449,7 @@ class T5(nn.Module):
         enable_dropout: bool = False,
     ) -> Array:
         """Teacher-forced logits, float32 [batch, dec_len, vocab]."""
-        encoded = self.encode(
-            encoder_input_tokens, encoder_segment_ids, enable_dropout=enable_dropout
-        )
+        encoded = self.encoder(encoder_input_tokens, encoder_segment_ids, not enable_dropout)
         return self.decode(
             encoded,
             encoder_input_tokens,
@@ -500,33 +460,30 @@ class T5(nn.Module):
         )
 
 
-def _stack(xs):
-    return np.stack(xs) if all(isinstance(x, np.ndarray) for x in xs) else jnp.stack(xs)
-
-
-def _num_layers(cfg: T5Config) -> dict[str, int]:
-    return {"encoder": cfg.num_encoder_layers, "decoder": cfg.num_decoder_layers}
+def _per_stack(params: dict, cfg: T5Config, fn: Callable[[dict, int], dict]) -> dict:
+    """`params` with each stack's subtree replaced by fn(a copy of it, its number of layers)."""
+    nums = {"encoder": cfg.num_encoder_layers, "decoder": cfg.num_decoder_layers}
+    return {**params, **{stack: fn(dict(params[stack]), num) for stack, num in nums.items()}}
 
 
 def scan_params(params: dict, cfg: T5Config) -> dict:
     """Unscanned -> scanned params: stacks each stack's 'layers_{i}' into one 'layers' subtree
-    with a leading [num_layers] axis. Works on unboxed (numpy or jax) arrays."""
-    out = dict(params)
-    for stack, num in _num_layers(cfg).items():
-        sub = dict(params[stack])
+    with a leading [num_layers] axis. Takes unboxed numpy or jax arrays, gives numpy."""
+
+    def scan(sub: dict, num: int) -> dict:
         layers = [sub.pop(f"layers_{i}") for i in range(num)]
-        sub["layers"] = jax.tree.map(lambda *xs: _stack(xs), *layers)
-        out[stack] = sub
-    return out
+        return {**sub, "layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
+
+    return _per_stack(params, cfg, scan)
 
 
 def unscan_params(params: dict, cfg: T5Config) -> dict:
     """Scanned -> unscanned params (inverse of `scan_params`)."""
-    out = dict(params)
-    for stack, num in _num_layers(cfg).items():
-        sub = dict(params[stack])
+
+    def unscan(sub: dict, num: int) -> dict:
         layers = sub.pop("layers")
         for i in range(num):
             sub[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
-        out[stack] = sub
-    return out
+        return sub
+
+    return _per_stack(params, cfg, unscan)
