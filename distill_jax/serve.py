@@ -31,6 +31,7 @@ from absl import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from distill_jax import config_check
 from distill_jax.errors import UserError
 from distill_jax.predictor import Predictor
 
@@ -263,13 +264,8 @@ def run_serve(config: ml_collections.ConfigDict, workdir: pathlib.Path, host: st
             f"--mode=serve runs in a single process, not {jax.process_count()}: start it "
             "without --coordinator_address/--num_processes (one host serves the model)."
         )
-    s = config.serve
-    if s.max_wait_ms < 0 or s.max_body_bytes < 1 or any(r < 1 for r in s.row_buckets):
-        raise UserError(
-            f"config fields serve.max_wait_ms={s.max_wait_ms} (>= 0), serve.max_body_bytes="
-            f"{s.max_body_bytes} (>= 1), serve.row_buckets={s.row_buckets} (each >= 1)"
-        )
-    state = ServerState(max_body_bytes=s.max_body_bytes)
+    config_check.validate_serve(config.serve)
+    state = ServerState(max_body_bytes=config.serve.max_body_bytes)
     server = uvicorn.Server(
         uvicorn.Config(create_app(state), host=host, port=port, access_log=False, log_level="info")
     )

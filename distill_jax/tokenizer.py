@@ -15,13 +15,13 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 import tokenizers
 
 from distill_jax.errors import UserError
+from distill_jax.files import atomic_write
 
 EXTRA_IDS = 100
 EXTRA_PIECES = tuple(f"<extra_id_{i}>" for i in range(EXTRA_IDS))  # <extra_id_0> has the top id
@@ -29,18 +29,6 @@ SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")
 # Unicode White_Space characters that SentencePiece's nmt_nfkc rules leave alone but the
 # `tokenizers` whitespace split (used by transformers) treats as spaces.
 _EXTRA_SPACES = str.maketrans({"\x85": " "})
-
-
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    """Writes `data` to `path` via a temporary file and rename, so readers never see half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _set_t5_metaspace(tk: tokenizers.Tokenizer) -> None:
@@ -98,8 +86,6 @@ class Tokenizer:
             raise UserError(
                 f"tokenizer: ids 0, 1, 2 must be {SPECIAL_PIECES} as in T5, got {found}"
             )
-
-    # ----------------------------------------------------------------------------- loading
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
@@ -163,8 +149,6 @@ class Tokenizer:
         tok.save(out_dir)
         return tok
 
-    # ----------------------------------------------------------------------------- encoding
-
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without EOS."""
         return self.encode_batch([text])[0]
@@ -196,17 +180,14 @@ class Tokenizer:
         """decode() of each row."""
         return [self.decode(row) for row in ids_2d]
 
-    # ----------------------------------------------------------------------------- saving
-
     def save(self, out_dir: str | os.PathLike) -> None:
         """Writes spiece.model (if SentencePiece), tokenizer.json and the HF config files."""
         out = pathlib.Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         extras = list(EXTRA_PIECES) if self._sp is not None else []
         if self._sp is not None:
-            _atomic_write(out / "spiece.model", self._sp_model)
+            atomic_write(out / "spiece.model", self._sp_model)
         tokenizer_json = self._tokenizer_json or _tokenizer_json_from_sp(self._sp_model)
-        _atomic_write(out / "tokenizer.json", tokenizer_json.encode("utf-8"))
+        atomic_write(out / "tokenizer.json", tokenizer_json)
         special = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
         config = {
             "tokenizer_class": "T5Tokenizer",
@@ -219,7 +200,7 @@ class Tokenizer:
             ("tokenizer_config.json", config),
             ("special_tokens_map.json", {**special, "additional_special_tokens": extras}),
         ):
-            _atomic_write(out / name, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+            atomic_write(out / name, json.dumps(obj, indent=2) + "\n")
 
     def __getstate__(self) -> dict:
         # Processors are C++ objects; pickling (e.g. into data-loader workers) carries the bytes.

@@ -17,8 +17,9 @@ from typing import Any
 
 from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json
 from distill_jax.errors import UserError
+from distill_jax.files import write_jsonl
 from distill_jax.teach.backends import Answer, Request, completion_text, endpoint, request_body
-from distill_jax.teach.records import Record, read_records, write_jsonl
+from distill_jax.teach.records import Record, read_records
 
 REQUESTS_FILE = "batch_requests.jsonl"
 INPUTS_FILE = "batch_inputs.jsonl"

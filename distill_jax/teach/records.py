@@ -4,9 +4,6 @@ without it, the dataset's own split files; and the JSON Lines files teach writes
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +65,3 @@ def dataset_records(data_cfg: Any, split: str) -> tuple[list[Record], str]:
     rows = sources.gold_rows(data_cfg, split)
     where = f"{Path(data_cfg.dir) / data_cfg.name} ({split})"
     return [Record(r["input"], r["label"]) for r in rows], where
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """JSON Lines through a temp file and a rename (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -19,10 +19,10 @@ from absl import logging
 from tqdm import tqdm
 
 from distill_jax import config_check
-from distill_jax.data import sources
 from distill_jax.errors import UserError
+from distill_jax.files import atomic_write, write_jsonl
 from distill_jax.teach import answers, backends, batch, cache, prompts
-from distill_jax.teach.records import Record, dataset_records, read_records, write_jsonl
+from distill_jax.teach.records import Record, dataset_records, read_records
 
 TEACHER_DIR = "teacher"
 
@@ -142,8 +142,7 @@ def run_teach(
     start = time.time()
     t = config.teacher
     config_check.validate_teacher(t)
-    if config.data.name not in sources.SUPPORTED:
-        raise UserError(f"config field data.name={config.data.name!r}: unknown dataset")
+    config_check.check_dataset(config.data.name)
     if t.backend != "batch_export" and not output_path:
         raise UserError("--mode=teach needs --output=FILE (JSON Lines of the kept records)")
     teacher_dir = Path(workdir) / TEACHER_DIR  # made by AnswerCache
@@ -171,7 +170,7 @@ def run_teach(
     write_jsonl(teacher_dir / "rejected.jsonl", rejected)
     summary = _summary(config, records, kept, rejected, graded, keys, store, stats, cached, missing)
     summary.update(input=source, output=str(output_path), wall_time_s=round(time.time() - start, 3))
-    (teacher_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(teacher_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
