@@ -1,17 +1,9 @@
 """`--mode=serve`: the student over HTTP (FastAPI + uvicorn), with dynamic batching.
 
-    GET  /health   503 {"status": "loading"} until the model is loaded and every decode shape
-                   is compiled, then 200 {"status": "ok", "model": ..., "step": ...}
-    GET  /stats    counters: requests, inputs, decode calls, decodes that met a new shape
-    POST /predict  {"input": str} -> {"label": str}; {"inputs": [str, ...]} -> {"labels": [...]};
-                   "rationale": true adds "rationale" / "rationales" (the explain: task)
-
-The model and its settings are those of `--mode=predict` (`modes.load_predictor`). A batcher
-thread takes up to `eval.batch_size` queued (text, task) units, waiting at most
-`serve.max_wait_ms` for more, and decodes each task's units together in the smallest row bucket
-(every decode shape is compiled at start-up). SIGTERM: uvicorn stops accepting, the requests in
-flight finish, the process exits 0. One process only: a pod-sized model would need every host to
-join each decode (out of scope).
+GET /health, GET /stats and POST /predict as README.md describes them, on the model of
+`--mode=predict`. A batcher thread decodes the (text, task) units queued together in the
+smallest row bucket that holds them (every decode shape is compiled at start-up). One process
+only: a pod-sized model would need every host to join each decode (out of scope).
 """
 
 from __future__ import annotations
@@ -86,15 +78,15 @@ class Batcher:
         return units
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
+        while True:
             units = self._take()
-            stop = units[-1] is None
             by_task: dict[str, list] = {}
-            for unit in units[:-1] if stop else units:
+            for unit in filter(None, units):  # a None is the stop, always last
                 by_task.setdefault(unit[1], []).append(unit)
             for task, group in by_task.items():
                 self._decode(task, group)
+            if units[-1] is None:
+                return
 
     def _decode(self, task: str, group: list) -> None:
         try:
@@ -164,9 +156,8 @@ class ServerState:
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, or BadRequest when it is over `limit` bytes.
 
-    An oversized body is read on and dropped (up to 64 MiB) before the 400 goes out: clients
-    that send the whole body before reading the answer (urllib, requests) would otherwise see a
-    broken pipe instead of the error.
+    The rest of an oversized body is read and dropped (up to 64 MiB) before the 400: clients that
+    send the whole body first (urllib, requests) would otherwise see a broken pipe.
     """
     body = bytearray()
     size = 0

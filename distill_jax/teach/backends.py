@@ -1,13 +1,10 @@
 """Where answers come from: an OpenAI-compatible HTTP server, or a local transformers model.
 
-Both take a list of `Request`s and call `on_answer(Answer)` once per request as its answer
-arrives (in the caller's thread), so the caller can cache each answer the moment it exists.
-
-HTTP (`OpenAIBackend`, httpx): 429, 5xx, timeouts and connection errors are retried (README.md,
-`teacher.max_retries`); other 4xx are not. The first request goes alone: if nothing answers at
-that address the run stops after its retries, and 401, 403, 404 and 405 (wrong key, URL or model)
-stop it at once, so a wrong key costs one request, not `concurrency` doomed ones. The API key is
-sent only in the Authorization header; it is never stored or logged.
+Both call `on_answer(Answer)` in the caller's thread as each answer arrives, so it is cached at
+once. HTTP retries 429, 5xx, timeouts and connection errors (README.md), not other 4xx. The first
+request goes alone: if nothing answers there the run stops after its retries, and 401, 403, 404
+and 405 (wrong key, URL or model) stop it at once, so a wrong key costs one request, not
+`concurrency` doomed ones. The API key is sent only in the Authorization header, never logged.
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from distill_jax.teach.prompts import STOP
 # 4xx answers that will not change for another input: the run stops at once.
 FATAL_STATUS = frozenset({401, 403, 404, 405})
 POOL_SIZE = 8  # connections per httpx client
+ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}  # under base_url
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +62,6 @@ def request_body(t: Any, prompt: str) -> dict[str, Any]:
         body["prompt"] = prompt
     body.update(temperature=float(t.temperature), max_tokens=int(t.max_tokens), stop=STOP)
     return body
-
-
-def endpoint(api: str) -> str:
-    """The path under base_url for `api`."""
-    return "/chat/completions" if api == "chat" else "/completions"
 
 
 def completion_text(api: str, body: Any) -> tuple[str, int, int]:
@@ -125,7 +118,7 @@ class OpenAIBackend:
 
     def __init__(self, t: Any, api_key: str | None):
         self.t = t
-        self.url = str(t.base_url).rstrip("/") + endpoint(t.api)
+        self.url = str(t.base_url).rstrip("/") + ENDPOINTS[t.api]
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._key = api_key
         self.attempts = 0  # HTTP requests sent, retries included

@@ -3,10 +3,8 @@
 Every prompt has the paper's form (Wei et al. 2022, as used by Hsieh et al. 2023): shots
 "Q: <question>\nA: <reasoning>. So the answer is <label>.", then the record's "Q: ...\nA:". The
 built-in shots were written for this project (the reference never released its prompts). A
-prompt's version string enters the cache key, so editing a prompt re-asks the teacher instead of
-reusing answers to the old one. A `teacher.prompt_file`'s placeholders {shots}, {input} and
-{label} (README.md) are replaced literally, so other braces in the file are left alone; with
-`teacher.rationalize=True` (STaR) the gold label is shown as a hint and the teacher asked why.
+prompt's version enters the cache key, so editing a prompt re-asks the teacher. A prompt file's
+placeholders (README.md) are replaced literally, so other braces in it are left alone.
 """
 
 from __future__ import annotations
@@ -201,8 +199,6 @@ class Prompter:
 
     def render(self, text: str, label: str | None, shots: list[Shot] | tuple[Shot, ...]) -> str:
         """The full prompt for input `text` (gold `label` shown only with rationalize)."""
-        if self.rationalize and not label:
-            raise ValueError("rationalize needs the record's gold label")
         query = show_input(self.dataset, text)
         if self.rationalize and "{label}" not in self.template:
             query += _hint(label)

@@ -1,8 +1,7 @@
 """`--mode=teach` end to end: records, prompts, cached answers, decisions, OUT and the summary.
 
-OUT and rejected.jsonl are written once, at the end, through a temp file and a rename: a crash
-never leaves a half-file, and the cache keeps every answer that had arrived, so the rerun asks
-only for the rest.
+OUT and rejected.jsonl are written whole, at the end; after a crash the cache holds every answer
+that had arrived, so the rerun asks only for the rest.
 """
 
 from __future__ import annotations
@@ -57,15 +56,13 @@ def _shots_for(records: list[Record], t, builtin: tuple) -> list[list[prompts.Sh
 def _plan(config, records: list[Record]) -> tuple[list[list[str]], dict[str, str]]:
     """(cache keys per record, one per sample; prompt per key)."""
     t = config.teacher
-    dataset = config.data.name
-    if t.rationalize:
-        for k, r in enumerate(records):
-            if not r.label:
-                raise UserError(
-                    f"config field teacher.rationalize=True needs a gold label: input record "
-                    f"{k + 1} has no 'label'"
-                )
-    prompter, builtin = prompts.make_prompter(dataset, t.prompt_file, bool(t.rationalize))
+    unlabeled = [k for k, r in enumerate(records, 1) if not r.label]
+    if t.rationalize and unlabeled:
+        raise UserError(
+            f"config field teacher.rationalize=True needs a gold label: input record "
+            f"{unlabeled[0]} has no 'label'"
+        )
+    prompter, builtin = prompts.make_prompter(config.data.name, t.prompt_file, bool(t.rationalize))
     if int(t.num_samples) > 1 and float(t.temperature) == 0:
         logging.warning(
             "teacher.num_samples=%d with teacher.temperature=0: greedy samples are identical, "
@@ -176,7 +173,6 @@ def run_teach(
 
 def _decide(config, records, keys, store, errors):
     """(kept rows, rejected rows, (gold, teacher label) of every answered input with gold)."""
-    t = config.teacher
     kept, rejected, graded = [], [], []
     for r, row_keys in zip(records, keys, strict=True):
         base = {"input": r.input} | ({"label": r.label} if r.label else {})
@@ -186,20 +182,18 @@ def _decide(config, records, keys, store, errors):
             rejected.append({**base, "reason": f"request_failed: {why}", "text": None})
             continue
         texts = [store.get(k)["text"] for k in row_keys]
-        d = answers.decide(config.data.name, texts, r.input, r.label, t.filter)
+        rationale, llm_label, reason = answers.decide(
+            config.data.name, texts, r.input, r.label, config.teacher.filter
+        )
         if r.label:  # an unparseable answer counts as wrong
-            graded.append((r.label, d.llm_label))
-        if d.reason:
+            graded.append((r.label, llm_label))
+        if reason:
             extra = {"samples": texts} if len(texts) > 1 else {}
-            rejected.append({**base, "reason": d.reason, "text": texts[0], **extra})
+            rejected.append({**base, "reason": reason, "text": texts[0], **extra})
             continue
+        label = r.label or llm_label  # gold where the input has it
         kept.append(
-            {
-                "input": r.input,
-                "label": r.label or d.llm_label,  # gold where the input has it
-                "rationale": d.rationale,
-                "llm_label": d.llm_label,
-            }
+            {"input": r.input, "label": label, "rationale": rationale, "llm_label": llm_label}
         )
     return kept, rejected, graded
 
