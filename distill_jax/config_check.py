@@ -172,11 +172,8 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_model(config: ml_collections.ConfigDict, model_cfg: T5Config) -> None:
-    """Every parameter dimension a mesh axis shards must be divisible by that axis's size.
-
-    The dimensions come from the parameters' logical axis names (`jax.eval_shape`: nothing is
-    allocated) through `sharding.LOGICAL_AXIS_RULES`, as the sharded init places them.
-    """
+    """Every parameter dimension a mesh axis shards must be divisible by that axis's size (axis
+    names from `jax.eval_shape`'s parameters, placed by `sharding.LOGICAL_AXIS_RULES`)."""
     from distill_jax.model.t5 import T5  # the model module is heavy; only needed here
 
     shape = mesh_shape(config)

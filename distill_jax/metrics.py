@@ -55,11 +55,8 @@ def _evaluate(node: ast.AST) -> float:
 
 
 def safe_eval(expr: str) -> float | None:
-    """Value of an arithmetic expression, or None if it is not a bounded `+ - * /` expression.
-
-    Never executes code: only number constants, `+ - * /`, unary `+ -` and parentheses are
-    evaluated; None past MAX_EXPR_CHARS, MAX_AST_NODES or MAX_MAGNITUDE, or on division by zero.
-    """
+    """Value of an arithmetic expression (numbers, `+ - * /`, unary `+ -`, parentheses), or None
+    if it is anything else, past a MAX_* bound, or divides by zero. Never executes code."""
     if not isinstance(expr, str):
         return None
     expr = expr.strip()  # `eval` tolerates surrounding spaces, `ast.parse` leading ones not
@@ -88,11 +85,8 @@ def _fraction(
 
 
 def exact_match_accuracy(preds: Sequence[str], labels: Sequence[str]) -> float:
-    """Fraction of predictions equal to their label after stripping surrounding whitespace.
-
-    The reference compares decoded strings with `==`; its tokenizer's decoding already drops
-    surrounding spaces, so stripping both sides gives the same answer on decoded text.
-    """
+    """Fraction of predictions equal to their label after stripping surrounding whitespace (the
+    reference's `==` on decoded text, whose surrounding spaces its decoding already drops)."""
     return _fraction(preds, labels, lambda p, t: str(p).strip() == str(t).strip())
 
 
@@ -102,11 +96,8 @@ def _same_value(pred: str, label: str) -> bool:
 
 
 def equation_accuracy(preds: Sequence[str], labels: Sequence[str]) -> float:
-    """Fraction of predictions whose value equals the label's value (SVAMP / ASDiv).
-
-    Both sides go through `safe_eval`; a side that does not evaluate counts as wrong (the
-    reference maps it to NaN, and NaN never compares equal).
-    """
+    """Fraction of predictions whose `safe_eval` value equals the label's (SVAMP / ASDiv); a side
+    that does not evaluate counts as wrong (the reference's NaN never compares equal)."""
     return _fraction(preds, labels, _same_value)
 
 

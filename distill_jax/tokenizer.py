@@ -107,11 +107,8 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike) -> Tokenizer:
-        """Trains a SentencePiece unigram vocab of `vocab_size` pieces (plus 100 extra ids).
-
-        Deterministic for the same texts. Saves spiece.model and HF tokenizer files in out_dir.
-        The vocab may come out smaller than asked for when the texts are too few.
-        """
+        """Trains a SentencePiece unigram vocab of `vocab_size` pieces (plus 100 extra ids; fewer
+        when the texts are too few), deterministically, and saves it in out_dir."""
         special_re = re.compile(r"</s>|<pad>|<unk>|<extra_id_\d+>")
         # Special tokens written in the text are split out at encode time, so keep them out of
         # the vocab; skip empty lines, which SentencePiece would count as sentences.
