@@ -64,10 +64,8 @@ def _parse_equation(text: str) -> tuple[str, str]:
 
 
 def parse(dataset: str, text: str, query: str = "") -> tuple[str, str] | None:
-    """(rationale, label) of one answer, or None when either part is missing.
-
-    `query` is the record's input (CQA: its answer choices resolve a bare answer).
-    """
+    """(rationale, label) of one answer, or None when either part is missing; `query` is the
+    record's input (CQA: its answer choices resolve a bare answer)."""
     text = _answer_text(text or "")
     if dataset == "cqa":
         rationale, label = _parse_cqa(text, query)

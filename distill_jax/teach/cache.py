@@ -41,13 +41,14 @@ def request_key(t: Any, prompt: str, prompt_version: str, sample: int) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-class AnswerCache:
-    """The answers of earlier runs (`get`) and an append-only writer for new ones (`put`)."""
+class AnswerCache(dict[str, dict[str, Any]]):
+    """Key -> `{key, text, prompt_tokens, completion_tokens}` of every cached answer, and an
+    append-only writer for new ones (`put`)."""
 
     def __init__(self, path: str | os.PathLike):
+        super().__init__()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._answers: dict[str, dict[str, Any]] = {}
         self._load()
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
@@ -62,7 +63,7 @@ class AnswerCache:
                 continue
             try:
                 row = json.loads(line)
-                self._answers[row["key"]] = row
+                self[row["key"]] = row
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
                 if number < len(lines):  # only the last line can be a torn write
                     raise UserError(
@@ -74,16 +75,6 @@ class AnswerCache:
             with open(self.path, "r+b") as f:
                 f.truncate(keep)
 
-    def __len__(self) -> int:
-        return len(self._answers)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._answers
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        """The cached answer `{key, text, prompt_tokens, completion_tokens}`, or None."""
-        return self._answers.get(key)
-
     def put(self, key: str, text: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         """Stores one answer and flushes it to the file at once."""
         row = {
@@ -92,7 +83,7 @@ class AnswerCache:
             "prompt_tokens": int(prompt_tokens),
             "completion_tokens": int(completion_tokens),
         }
-        self._answers[key] = row
+        self[key] = row
         self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._file.flush()
 

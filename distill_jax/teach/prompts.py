@@ -39,6 +39,10 @@ class Builtin:
 
 _CHOICES = "\nAnswer Choices:\n(a) {}\n(b) {}\n(c) {}\n(d) {}\n(e) {}"
 _NLI_Q = "Does the premise entail the hypothesis, contradict it, or neither (neutral)?"
+_NLI_INSTRUCTION = (
+    "Decide whether the premise entails the hypothesis, contradicts it, or neither. Reason step by "
+    "step, then end with 'So the answer is <entailment|neutral|contradiction>.'"
+)
 
 BUILTIN: dict[str, Builtin] = {
     "cqa": Builtin(
@@ -70,8 +74,7 @@ BUILTIN: dict[str, Builtin] = {
     ),
     "esnli": Builtin(
         "esnli-v1",
-        "Decide whether the premise entails the hypothesis, contradicts it, or neither. Reason "
-        "step by step, then end with 'So the answer is <entailment|neutral|contradiction>.'",
+        _NLI_INSTRUCTION,
         (
             Shot(
                 "A man is playing a guitar on a stage.</s>A man is performing music.",
@@ -94,8 +97,7 @@ BUILTIN: dict[str, Builtin] = {
     ),
     "anli1": Builtin(
         "anli1-v1",
-        "Decide whether the premise entails the hypothesis, contradicts it, or neither. Reason "
-        "step by step, then end with 'So the answer is <entailment|neutral|contradiction>.'",
+        _NLI_INSTRUCTION,
         (
             Shot(
                 "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.</s>The "
