@@ -34,12 +34,8 @@ _EXTRA_SPACES = str.maketrans({"\x85": " "})
 def _set_t5_metaspace(tk: tokenizers.Tokenizer) -> None:
     """Sets the pre-tokenizer and decoder transformers 5's T5Tokenizer installs (spaces -> '▁')."""
     metaspace = dict(replacement="▁", prepend_scheme="always", split=True)
-    tk.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
-        [
-            tokenizers.pre_tokenizers.WhitespaceSplit(),
-            tokenizers.pre_tokenizers.Metaspace(**metaspace),
-        ]
-    )
+    pre = tokenizers.pre_tokenizers
+    tk.pre_tokenizer = pre.Sequence([pre.WhitespaceSplit(), pre.Metaspace(**metaspace)])
     tk.decoder = tokenizers.decoders.Metaspace(**metaspace)
 
 

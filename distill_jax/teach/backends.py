@@ -227,12 +227,10 @@ class HFBackend:
         self.attempts = 0
 
     def _text(self, prompt: str) -> str:
-        if self.t.api == "chat" and getattr(self.tok, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}]
-            return self.tok.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-        return prompt
+        if self.t.api != "chat" or not getattr(self.tok, "chat_template", None):
+            return prompt
+        messages = [{"role": "user", "content": prompt}]
+        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def run(self, requests: Sequence[Request], on_answer: Callable[[Answer], None]) -> None:
         """Generates every request's answer, one batch of `concurrency` prompts at a time."""

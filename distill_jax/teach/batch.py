@@ -17,10 +17,9 @@ from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json
 from distill_jax.errors import UserError
 from distill_jax.files import write_jsonl
 from distill_jax.teach.backends import ENDPOINTS, Answer, Request, completion_text, request_body
-from distill_jax.teach.records import Record, read_records
+from distill_jax.teach.records import INPUTS_FILE, Record
 
 REQUESTS_FILE = "batch_requests.jsonl"
-INPUTS_FILE = "batch_inputs.jsonl"
 
 
 def export(teacher_dir: Path, t: Any, records: list[Record], requests: list[Request]) -> Path:
@@ -34,16 +33,6 @@ def export(teacher_dir: Path, t: Any, records: list[Record], requests: list[Requ
     write_jsonl(out, lines)
     write_jsonl(teacher_dir / INPUTS_FILE, map(dataclasses.asdict, records))
     return out
-
-
-def exported_records(teacher_dir: Path) -> list[Record]:
-    """The records `export` saved; UserError when this workdir has none."""
-    path = teacher_dir / INPUTS_FILE
-    if not path.is_file():
-        raise UserError(
-            f"{path}: not found; run teacher.backend=batch_export with the same --workdir first"
-        )
-    return read_records(path)
 
 
 def read_results(path: str | Path, api: str) -> list[Answer]:

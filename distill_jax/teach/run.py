@@ -21,20 +21,9 @@ from distill_jax import config_check
 from distill_jax.errors import UserError
 from distill_jax.files import atomic_write, write_jsonl
 from distill_jax.teach import answers, backends, batch, cache, prompts
-from distill_jax.teach.records import Record, dataset_records, read_records
+from distill_jax.teach.records import Record, teach_records
 
 TEACHER_DIR = "teacher"
-
-
-def _records(config, teacher_dir: Path, input_path: str) -> tuple[list[Record], str]:
-    t = config.teacher
-    if t.backend == "batch_import":
-        if not input_path:
-            raise UserError("teacher.backend=batch_import needs --input=<batch results.jsonl>")
-        return batch.exported_records(teacher_dir), str(teacher_dir / batch.INPUTS_FILE)
-    if input_path:
-        return read_records(input_path), input_path
-    return dataset_records(config.data, t.split)
 
 
 def _shots_for(records: list[Record], t, builtin: tuple) -> list[list[prompts.Shot] | tuple]:
@@ -143,7 +132,7 @@ def run_teach(
     if t.backend != "batch_export" and not output_path:
         raise UserError("--mode=teach needs --output=FILE (JSON Lines of the kept records)")
     teacher_dir = Path(workdir) / TEACHER_DIR  # made by AnswerCache
-    records, source = _records(config, teacher_dir, input_path)
+    records, source = teach_records(config, teacher_dir, input_path)
     keys, prompt_of = _plan(config, records)
     store = cache.AnswerCache(teacher_dir / "cache.jsonl")
     try:
