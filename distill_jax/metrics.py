@@ -22,8 +22,7 @@ MAX_MAGNITUDE = 1e12  # every constant and intermediate value must stay within t
 # Two expressions count as equal when their values agree up to float rounding. The reference
 # compares with `==`, which can fail on e.g. (0.1 + 0.2) vs 0.3; the tolerance only absorbs
 # that rounding, it never makes distinct SVAMP answers equal.
-REL_TOL = 1e-9
-ABS_TOL = 1e-9
+TOL = 1e-9  # relative and absolute
 
 _BINARY_OPS: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
@@ -92,7 +91,7 @@ def exact_match_accuracy(preds: Sequence[str], labels: Sequence[str]) -> float:
 
 def _same_value(pred: str, label: str) -> bool:
     p, t = safe_eval(pred), safe_eval(label)
-    return p is not None and t is not None and math.isclose(p, t, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+    return p is not None and t is not None and math.isclose(p, t, rel_tol=TOL, abs_tol=TOL)
 
 
 def equation_accuracy(preds: Sequence[str], labels: Sequence[str]) -> float:

@@ -1,10 +1,8 @@
 """Teacher answers -> (rationale, label), agreement with gold, and the majority vote.
 
-Parsing goes through the dataset's parser in `distill_jax/data/parsers.py` (the reference's
-"So the answer is" and its fallbacks). Our prompts end every answer with
-"So the answer is <label>.", so before parsing the text is cut where the teacher starts another
-shot ("\\nQ:"), and the final sentence is given exactly one period: the trailing period is
-never part of the label (the ANLI parser drops the last character unconditionally).
+Parsing goes through the dataset's parser (`data/parsers.py`: the reference's "So the answer
+is" and its fallbacks), on the text up to where the teacher starts another shot ("\\nQ:"), its
+last sentence given exactly one period (the ANLI parser drops the last character, whatever it is).
 """
 
 from __future__ import annotations
