@@ -64,20 +64,17 @@ def request_body(t: Any, prompt: str) -> dict[str, Any]:
     return body
 
 
-def completion_text(api: str, body: Any) -> tuple[str, int, int]:
-    """(text, prompt_tokens, completion_tokens) of a completion response; ValueError if the
-    body is not one."""
+def completion_answer(key: str, api: str, body: Any) -> Answer:
+    """The Answer (text and token counts) in a completion response; ValueError if the body is
+    not one."""
     try:
         choice = body["choices"][0]
         text = choice["message"]["content"] if api == "chat" else choice["text"]
     except (KeyError, IndexError, TypeError):
         raise ValueError(f"not a {api} completion: {str(body)[:200]}") from None
     usage = body.get("usage") or {}
-    return (
-        text or "",
-        int(usage.get("prompt_tokens") or 0),
-        int(usage.get("completion_tokens") or 0),
-    )
+    tokens = [int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")]
+    return Answer(key, text or "", *tokens)
 
 
 def server_message(resp: httpx.Response) -> str:
@@ -143,10 +140,9 @@ class OpenAIBackend:
                 continue
             if resp.status_code == 200:
                 try:
-                    text, pt, ct = completion_text(self.t.api, resp.json())
+                    return completion_answer(req.key, self.t.api, resp.json())
                 except ValueError as e:
                     return Answer(req.key, None, error=f"200 {e}")
-                return Answer(req.key, text, pt, ct)
             last = server_message(resp)
             if self._key:  # a server may echo what it was sent: never pass the key on
                 last = last.replace(self._key, "***")

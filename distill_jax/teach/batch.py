@@ -16,7 +16,7 @@ from typing import Any
 from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json
 from distill_jax.errors import UserError
 from distill_jax.files import write_jsonl
-from distill_jax.teach.backends import ENDPOINTS, Answer, Request, completion_text, request_body
+from distill_jax.teach.backends import ENDPOINTS, Answer, Request, completion_answer, request_body
 from distill_jax.teach.records import INPUTS_FILE, Record
 
 REQUESTS_FILE = "batch_requests.jsonl"
@@ -51,10 +51,9 @@ def read_results(path: str | Path, api: str) -> list[Answer]:
         status = resp.get("status_code")
         if status == 200:
             try:
-                text, pt, ct = completion_text(api, resp.get("body"))
+                answers.append(completion_answer(key, api, resp.get("body")))
             except ValueError as e:
                 raise UserError(f"{path}, line {item.line}: {e}") from None
-            answers.append(Answer(key, text, pt, ct))
         else:
             err = row.get("error") or (resp.get("body") or {}).get("error") or {}
             msg = err.get("message", err) if isinstance(err, dict) else err
