@@ -53,8 +53,6 @@ class Tokenizer:
 
     def __init__(self, *, sp_model: bytes | None = None, tokenizer_json: str | None = None):
         """Builds from serialized `spiece.model` bytes or a tokenizer.json string (use from_dir)."""
-        if (sp_model is None) == (tokenizer_json is None):
-            raise ValueError("give exactly one of sp_model and tokenizer_json")
         self._sp_model, self._tokenizer_json = sp_model, tokenizer_json
         self._sp: spm.SentencePieceProcessor | None = None
         self._tk: tokenizers.Tokenizer | None = None

@@ -105,12 +105,11 @@ def decide(
     counts = collections.Counter(vote_key(dataset, label) for _, label in parsed)
     best, votes = counts.most_common(1)[0]  # ties: the label seen first wins
     rationale, label = next(p for p in parsed if vote_key(dataset, p[1]) == best)
-    reason = None
     if filter_name == "gold" and gold is not None and not agrees(dataset, label, gold):
-        reason = "disagrees_with_gold"
-    elif filter_name == "majority" and not votes > len(texts) / 2:
-        reason = "no_majority"
-    return rationale, label, reason
+        return rationale, label, "disagrees_with_gold"
+    if filter_name == "majority" and not votes > len(texts) / 2:
+        return rationale, label, "no_majority"
+    return rationale, label, None
 
 
 def per_label_accuracy(dataset: str, rows: list[tuple[str, str]]) -> dict[str, float] | None:
