@@ -49,10 +49,6 @@ class Answer:
     error: str | None = None
 
 
-class TeacherUnreachable(UserError):
-    """No answer could be had from the teacher at all (the run stops, nothing is written)."""
-
-
 def request_body(t: Any, prompt: str) -> dict[str, Any]:
     """The JSON body of a /chat/completions or /completions request (also for batch files)."""
     body: dict[str, Any] = {"model": t.model}
@@ -184,15 +180,15 @@ class OpenAIBackend:
                     group.create_task(worker(clients[k // POOL_SIZE]))
 
     def run(self, requests: Sequence[Request], on_answer: Callable[[Answer], None]) -> None:
-        """Gets every request's answer; raises TeacherUnreachable naming the URL and the last
-        error when the server cannot be used at all."""
+        """Gets every request's answer; a UserError naming the URL and the last error when the
+        server cannot be used at all."""
         if not requests:
             return
         try:
             asyncio.run(self._run(requests, on_answer))
         except* _Fatal as group:
             msg = str(group.exceptions[0])
-            raise TeacherUnreachable(
+            raise UserError(
                 f"teacher at {self.url} gave no usable answer ({self.attempts} request(s) "
                 f"sent): last error: {msg}"
             ) from None

@@ -145,7 +145,7 @@ def run_teach(
         errors, stats = _ask(config, store, missing, input_path)
         if t.backend == "openai" and missing and not stats["answered"] and not cached:
             last = next(reversed(errors.values()), "no answer")  # a server that only fails
-            raise backends.TeacherUnreachable(
+            raise UserError(
                 f"teacher at {t.base_url} answered none of {len(missing)} request(s): "
                 f"last error: {last}"
             )
