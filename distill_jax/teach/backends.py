@@ -156,13 +156,10 @@ class OpenAIBackend:
         # httpx's pool does work per request that grows with its connection count: several
         # small pools keep concurrency 32 as cheap per request as 8 (BENCHMARKS.md).
         limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
+        options = dict(headers=self._headers, limits=limits, timeout=float(self.t.timeout_s))
         async with contextlib.AsyncExitStack() as stack:
             clients = [
-                await stack.enter_async_context(
-                    httpx.AsyncClient(
-                        headers=self._headers, limits=limits, timeout=float(self.t.timeout_s)
-                    )
-                )
+                await stack.enter_async_context(httpx.AsyncClient(**options))
                 for _ in range(0, conc, POOL_SIZE)  # worker k uses clients[k // POOL_SIZE]
             ]
             first = await self._one(clients[0], requests[0])  # alone: a wrong key costs one

@@ -7,6 +7,7 @@ that had arrived, so the rerun asks only for the rest.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import time
@@ -86,14 +87,13 @@ def _ask(config, store: cache.AnswerCache, missing: list[backends.Request], inpu
         bar.update(1)
         bar.set_postfix(answered=stats["answered"], cached=len(store), failed=stats["failed"])
 
-    bar = tqdm(
+    with tqdm(
         total=len(missing),
         desc="teacher",
         unit="req",
         disable=not config.logging.progress_bar,
         dynamic_ncols=True,
-    )
-    try:
+    ) as bar:
         if t.backend == "batch_import":
             wanted = {r.key for r in missing}
             for a in batch.read_results(input_path, t.api):
@@ -116,8 +116,6 @@ def _ask(config, store: cache.AnswerCache, missing: list[backends.Request], inpu
             backend = backends.HFBackend(t) if t.backend == "hf" else backends.OpenAIBackend(t, key)
             backend.run(missing, on_answer)
             stats["attempts"] = backend.attempts
-    finally:
-        bar.close()
     return errors, stats
 
 
@@ -134,8 +132,7 @@ def run_teach(
     teacher_dir = Path(workdir) / TEACHER_DIR  # made by AnswerCache
     records, source = teach_records(config, teacher_dir, input_path)
     keys, prompt_of = _plan(config, records)
-    store = cache.AnswerCache(teacher_dir / "cache.jsonl")
-    try:
+    with contextlib.closing(cache.AnswerCache(teacher_dir / "cache.jsonl")) as store:
         cached = sum(k in store for k in prompt_of)
         missing = [backends.Request(k, p) for k, p in prompt_of.items() if k not in store]
         if t.backend == "batch_export":
@@ -150,8 +147,6 @@ def run_teach(
                 f"last error: {last}"
             )
         kept, rejected, graded = _decide(config, records, keys, store, errors)
-    finally:
-        store.close()
     write_jsonl(Path(output_path), kept)
     write_jsonl(teacher_dir / "rejected.jsonl", rejected)
     summary = _summary(config, records, kept, rejected, graded, keys, store, stats, cached, missing)
