@@ -53,9 +53,7 @@ class AnswerCache(dict[str, dict[str, Any]]):
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
+        data = self.path.read_bytes() if self.path.exists() else b""
         keep = data.rfind(b"\n") + 1  # a torn write has no newline yet: drop that tail
         lines = data[:keep].split(b"\n")[:-1]
         for number, line in enumerate(lines, 1):
@@ -72,8 +70,7 @@ class AnswerCache(dict[str, dict[str, Any]]):
                     ) from None
                 keep -= len(line) + 1
         if keep < len(data):  # cut the torn tail so that new lines start cleanly
-            with open(self.path, "r+b") as f:
-                f.truncate(keep)
+            os.truncate(self.path, keep)
 
     def put(self, key: str, text: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         """Stores one answer and flushes it to the file at once."""
