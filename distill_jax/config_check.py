@@ -21,7 +21,6 @@ from distill_jax import sharding
 from distill_jax.data import sources
 from distill_jax.errors import UserError
 from distill_jax.model import config as model_config
-from distill_jax.model.config import T5Config
 
 # Logical parameter axes and the T5Config field each one is (for messages only: which dims a
 # mesh axis shards comes from the parameters' own axis names and sharding.LOGICAL_AXIS_RULES).
@@ -171,7 +170,7 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def validate_model(config: ml_collections.ConfigDict, model_cfg: T5Config) -> None:
+def validate_model(config: ml_collections.ConfigDict, model_cfg: model_config.T5Config) -> None:
     """Every parameter dimension a mesh axis shards must be divisible by that axis's size (axis
     names from `jax.eval_shape`'s parameters, placed by `sharding.LOGICAL_AXIS_RULES`)."""
     from distill_jax.model.t5 import T5  # the model module is heavy; only needed here

@@ -236,8 +236,7 @@ def load(state: ServerState, config: ml_collections.ConfigDict, workdir: pathlib
     t0 = time.time()
     n = p.warm_up(rows, tasks)
     logging.info("compiled %d decode shapes in %.1fs", n, time.time() - t0)
-    m = config.model
-    state.model = m.from_pretrained or m.preset
+    state.model = config.model.from_pretrained or config.model.preset
     state.step = step
     state.predictor = p
     state.batcher = Batcher(p, rows, s.max_wait_ms / 1000)
