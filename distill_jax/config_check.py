@@ -1,8 +1,9 @@
 """The one place that checks a config: every field a user sets, before anything is built.
 
-`validate(config)` runs first in every mode, `validate_model` once the model's dimensions are
-known, `validate_teacher` for `--mode=teach`. Each problem is a `UserError` naming the config
-field, its value and what it must satisfy.
+`validate(config)` runs first in every mode but teach, `validate_model` once the model's
+dimensions are known, `validate_teacher` and `check_dataset` in `--mode=teach`, `validate_serve`
+in `--mode=serve`. Each problem is a `UserError` naming the config field, its value and what it
+must satisfy.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from distill_jax import sharding
 from distill_jax.data import sources
 from distill_jax.errors import UserError
 from distill_jax.model import config as model_config
-from distill_jax.model.config import T5Config
 
 # Logical parameter axes and the T5Config field each one is (for messages only: which dims a
 # mesh axis shards comes from the parameters' own axis names and sharding.LOGICAL_AXIS_RULES).
@@ -124,9 +124,7 @@ def mesh_shape(config: ml_collections.ConfigDict) -> dict[str, int]:
 
 def check_data(data: ml_collections.ConfigDict, seed: int) -> None:
     """The `data.*` fields and the seed: dataset, teacher, labels, subsample, lengths."""
-    if data.name not in sources.SUPPORTED:
-        names = ", ".join(sorted(sources.SUPPORTED))
-        raise _bad("data.name", data.name, f"not supported; use one of {names}")
+    check_dataset(data.name)
     llm = sources.teacher(data)
     allowed = ("generic", None) if data.name == "generic" else ("palm", "gpt")
     if llm not in allowed:
@@ -141,6 +139,13 @@ def check_data(data: ml_collections.ConfigDict, seed: int) -> None:
         raise UserError("config field data.label_type='llm' needs the LLM's labels: set data.llm.")
     if int(seed) < 0:
         raise _bad("seed", seed, "must be >= 0")
+
+
+def check_dataset(name: str) -> None:
+    """`data.name` is a dataset this project reads."""
+    if name not in sources.SUPPORTED:
+        names = ", ".join(sorted(sources.SUPPORTED))
+        raise _bad("data.name", name, f"not supported; use one of {names}")
 
 
 def _check_mesh(config: ml_collections.ConfigDict) -> None:
@@ -165,12 +170,9 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def validate_model(config: ml_collections.ConfigDict, model_cfg: T5Config) -> None:
-    """Every parameter dimension a mesh axis shards must be divisible by that axis's size.
-
-    The dimensions come from the parameters' logical axis names (`jax.eval_shape`: nothing is
-    allocated) through `sharding.LOGICAL_AXIS_RULES`, as the sharded init places them.
-    """
+def validate_model(config: ml_collections.ConfigDict, model_cfg: model_config.T5Config) -> None:
+    """Every parameter dimension a mesh axis shards must be divisible by that axis's size (axis
+    names from `jax.eval_shape`'s parameters, placed by `sharding.LOGICAL_AXIS_RULES`)."""
     from distill_jax.model.t5 import T5  # the model module is heavy; only needed here
 
     shape = mesh_shape(config)
@@ -212,3 +214,12 @@ def validate_teacher(t: ml_collections.ConfigDict) -> None:
         raise _bad("teacher.backoff_s", t.backoff_s, "must be >= 0 and <= teacher.backoff_max_s")
     if t.filter == "majority" and int(t.num_samples) < 2:
         raise _bad("teacher.filter", t.filter, "needs teacher.num_samples >= 2 to vote")
+
+
+def validate_serve(s: ml_collections.ConfigDict) -> None:
+    """The `config.serve` block (`--mode=serve`)."""
+    if s.max_wait_ms < 0 or s.max_body_bytes < 1 or any(r < 1 for r in s.row_buckets):
+        raise UserError(
+            f"config fields serve.max_wait_ms={s.max_wait_ms} (>= 0), serve.max_body_bytes="
+            f"{s.max_body_bytes} (>= 1), serve.row_buckets={s.row_buckets} (each >= 1)"
+        )

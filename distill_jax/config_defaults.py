@@ -1,10 +1,9 @@
 """Config defaults: the reference's hyperparameters (run.py + HF Seq2SeqTrainer defaults).
 
-They live inside the package so that the `distillm` console script and an installed copy work
-without the repository's `configs/` (not installed: a top-level `configs` would shadow a user's
-own), whose files are thin wrappers of `dataset_config(name, arg)`. The `:<arg>` suffix holds
-comma-separated tokens: a model preset name (e.g. `t5-v1_1-small`), `scratch` (random init
-instead of the pretrained checkpoint) or `runlocal` (a tiny variant for CPU runs and tests).
+Inside the package so that `distillm` and an installed copy work without the repository's
+`configs/` (a top-level `configs` would shadow a user's own), whose files wrap
+`dataset_config(name, arg)`. The `:<arg>` suffix holds comma-separated tokens: a preset name
+(e.g. `t5-v1_1-small`), `scratch` (random init) or `runlocal` (a tiny variant for CPU runs).
 """
 
 from __future__ import annotations
@@ -155,11 +154,8 @@ DATASETS = ("cqa", "esnli", "anli1", "svamp", "asdiv", "generic")
 
 
 def dataset_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """The config of `configs/<name>.py:<arg>`: the base defaults plus the dataset's fields.
-
-    The reference datasets keep the reference's setup (fine-tune google/t5-v1_1-base on PaLM
-    rationales); the generic demo trains a tiny T5 from scratch.
-    """
+    """The config of `configs/<name>.py:<arg>`: the base defaults (the reference's setup) plus,
+    for the generic demo, a tiny T5 trained from scratch."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; use one of {DATASETS}")
     c = get_base_config()

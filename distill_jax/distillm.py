@@ -86,21 +86,13 @@ def config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
 def default_output_dir(args: argparse.Namespace) -> pathlib.Path:
     """The reference's ckpts/<config_dir>/<run> layout."""
-    model = pathlib.Path(args.from_pretrained).name
-    parts = [
-        args.dataset,
-        model,
-        args.model_type,
-        llm_of(args),
-        args.subsample,
-        args.label_type,
-        args.alpha,
-        args.max_input_length,
-        args.grad_steps * args.batch_size,
-        args.optimizer_name,
-        args.lr,
-    ]
-    return pathlib.Path("ckpts", *map(str, parts), str(args.run))
+    a = args
+    model = pathlib.Path(a.from_pretrained).name
+    config_dir = (
+        f"{a.dataset}/{model}/{a.model_type}/{llm_of(a)}/{a.subsample}/{a.label_type}/{a.alpha}/"
+        f"{a.max_input_length}/{a.grad_steps * a.batch_size}/{a.optimizer_name}/{a.lr}"
+    )
+    return pathlib.Path("ckpts", config_dir, str(a.run))
 
 
 def main(argv: list[str] | None = None) -> int:

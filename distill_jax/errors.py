@@ -2,8 +2,5 @@
 
 
 class UserError(ValueError):
-    """A mistake the user can fix (bad file, record, flag or config).
-
-    The message must name the file, line or record, and the field involved. `launch.py` and
-    `distillm` print it and exit with status 1 instead of showing a traceback.
-    """
+    """A mistake the user can fix (bad file, record, flag or config): the message names the file,
+    line or record, and the field; `launch.py` and `distillm` print it and exit with status 1."""

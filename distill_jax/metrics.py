@@ -22,8 +22,7 @@ MAX_MAGNITUDE = 1e12  # every constant and intermediate value must stay within t
 # Two expressions count as equal when their values agree up to float rounding. The reference
 # compares with `==`, which can fail on e.g. (0.1 + 0.2) vs 0.3; the tolerance only absorbs
 # that rounding, it never makes distinct SVAMP answers equal.
-REL_TOL = 1e-9
-ABS_TOL = 1e-9
+TOL = 1e-9  # relative and absolute
 
 _BINARY_OPS: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
@@ -55,11 +54,8 @@ def _evaluate(node: ast.AST) -> float:
 
 
 def safe_eval(expr: str) -> float | None:
-    """Value of an arithmetic expression, or None if it is not a bounded `+ - * /` expression.
-
-    Never executes code: only number constants, `+ - * /`, unary `+ -` and parentheses are
-    evaluated; None past MAX_EXPR_CHARS, MAX_AST_NODES or MAX_MAGNITUDE, or on division by zero.
-    """
+    """Value of an arithmetic expression (numbers, `+ - * /`, unary `+ -`, parentheses), or None
+    if it is anything else, past a MAX_* bound, or divides by zero. Never executes code."""
     if not isinstance(expr, str):
         return None
     expr = expr.strip()  # `eval` tolerates surrounding spaces, `ast.parse` leading ones not
@@ -88,25 +84,19 @@ def _fraction(
 
 
 def exact_match_accuracy(preds: Sequence[str], labels: Sequence[str]) -> float:
-    """Fraction of predictions equal to their label after stripping surrounding whitespace.
-
-    The reference compares decoded strings with `==`; its tokenizer's decoding already drops
-    surrounding spaces, so stripping both sides gives the same answer on decoded text.
-    """
+    """Fraction of predictions equal to their label after stripping surrounding whitespace (the
+    reference's `==` on decoded text, whose surrounding spaces its decoding already drops)."""
     return _fraction(preds, labels, lambda p, t: str(p).strip() == str(t).strip())
 
 
 def _same_value(pred: str, label: str) -> bool:
     p, t = safe_eval(pred), safe_eval(label)
-    return p is not None and t is not None and math.isclose(p, t, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+    return p is not None and t is not None and math.isclose(p, t, rel_tol=TOL, abs_tol=TOL)
 
 
 def equation_accuracy(preds: Sequence[str], labels: Sequence[str]) -> float:
-    """Fraction of predictions whose value equals the label's value (SVAMP / ASDiv).
-
-    Both sides go through `safe_eval`; a side that does not evaluate counts as wrong (the
-    reference maps it to NaN, and NaN never compares equal).
-    """
+    """Fraction of predictions whose `safe_eval` value equals the label's (SVAMP / ASDiv); a side
+    that does not evaluate counts as wrong (the reference's NaN never compares equal)."""
     return _fraction(preds, labels, _same_value)
 
 

@@ -1,17 +1,9 @@
 """`--mode=serve`: the student over HTTP (FastAPI + uvicorn), with dynamic batching.
 
-    GET  /health   503 {"status": "loading"} until the model is loaded and every decode shape
-                   is compiled, then 200 {"status": "ok", "model": ..., "step": ...}
-    GET  /stats    counters: requests, inputs, decode calls, decodes that met a new shape
-    POST /predict  {"input": str} -> {"label": str}; {"inputs": [str, ...]} -> {"labels": [...]};
-                   "rationale": true adds "rationale" / "rationales" (the explain: task)
-
-The model and its settings are those of `--mode=predict` (`modes.load_predictor`). A batcher
-thread takes up to `eval.batch_size` queued (text, task) units, waiting at most
-`serve.max_wait_ms` for more, and decodes each task's units together in the smallest row bucket
-(every decode shape is compiled at start-up). SIGTERM: uvicorn stops accepting, the requests in
-flight finish, the process exits 0. One process only: a pod-sized model would need every host to
-join each decode (out of scope).
+GET /health, GET /stats and POST /predict as README.md describes them, on the model of
+`--mode=predict`. A batcher thread decodes the (text, task) units queued together in the
+smallest row bucket that holds them (every decode shape is compiled at start-up). One process
+only: a pod-sized model would need every host to join each decode (out of scope).
 """
 
 from __future__ import annotations
@@ -31,6 +23,7 @@ from absl import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from distill_jax import config_check
 from distill_jax.errors import UserError
 from distill_jax.predictor import Predictor
 
@@ -85,15 +78,15 @@ class Batcher:
         return units
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
+        while True:
             units = self._take()
-            stop = units[-1] is None
             by_task: dict[str, list] = {}
-            for unit in units[:-1] if stop else units:
+            for unit in filter(None, units):  # a None is the stop, always last
                 by_task.setdefault(unit[1], []).append(unit)
             for task, group in by_task.items():
                 self._decode(task, group)
+            if units[-1] is None:
+                return
 
     def _decode(self, task: str, group: list) -> None:
         try:
@@ -163,9 +156,8 @@ class ServerState:
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, or BadRequest when it is over `limit` bytes.
 
-    An oversized body is read on and dropped (up to 64 MiB) before the 400 goes out: clients
-    that send the whole body before reading the answer (urllib, requests) would otherwise see a
-    broken pipe instead of the error.
+    The rest of an oversized body is read and dropped (up to 64 MiB) before the 400: clients that
+    send the whole body first (urllib, requests) would otherwise see a broken pipe.
     """
     body = bytearray()
     size = 0
@@ -244,8 +236,7 @@ def load(state: ServerState, config: ml_collections.ConfigDict, workdir: pathlib
     t0 = time.time()
     n = p.warm_up(rows, tasks)
     logging.info("compiled %d decode shapes in %.1fs", n, time.time() - t0)
-    m = config.model
-    state.model = m.from_pretrained or m.preset
+    state.model = config.model.from_pretrained or config.model.preset
     state.step = step
     state.predictor = p
     state.batcher = Batcher(p, rows, s.max_wait_ms / 1000)
@@ -263,13 +254,8 @@ def run_serve(config: ml_collections.ConfigDict, workdir: pathlib.Path, host: st
             f"--mode=serve runs in a single process, not {jax.process_count()}: start it "
             "without --coordinator_address/--num_processes (one host serves the model)."
         )
-    s = config.serve
-    if s.max_wait_ms < 0 or s.max_body_bytes < 1 or any(r < 1 for r in s.row_buckets):
-        raise UserError(
-            f"config fields serve.max_wait_ms={s.max_wait_ms} (>= 0), serve.max_body_bytes="
-            f"{s.max_body_bytes} (>= 1), serve.row_buckets={s.row_buckets} (each >= 1)"
-        )
-    state = ServerState(max_body_bytes=s.max_body_bytes)
+    config_check.validate_serve(config.serve)
+    state = ServerState(max_body_bytes=config.serve.max_body_bytes)
     server = uvicorn.Server(
         uvicorn.Config(create_app(state), host=host, port=port, access_log=False, log_level="info")
     )

@@ -15,13 +15,13 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 import tokenizers
 
 from distill_jax.errors import UserError
+from distill_jax.files import atomic_write
 
 EXTRA_IDS = 100
 EXTRA_PIECES = tuple(f"<extra_id_{i}>" for i in range(EXTRA_IDS))  # <extra_id_0> has the top id
@@ -31,27 +31,11 @@ SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")
 _EXTRA_SPACES = str.maketrans({"\x85": " "})
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    """Writes `data` to `path` via a temporary file and rename, so readers never see half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _set_t5_metaspace(tk: tokenizers.Tokenizer) -> None:
     """Sets the pre-tokenizer and decoder transformers 5's T5Tokenizer installs (spaces -> '▁')."""
     metaspace = dict(replacement="▁", prepend_scheme="always", split=True)
-    tk.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
-        [
-            tokenizers.pre_tokenizers.WhitespaceSplit(),
-            tokenizers.pre_tokenizers.Metaspace(**metaspace),
-        ]
-    )
+    pre = tokenizers.pre_tokenizers
+    tk.pre_tokenizer = pre.Sequence([pre.WhitespaceSplit(), pre.Metaspace(**metaspace)])
     tk.decoder = tokenizers.decoders.Metaspace(**metaspace)
 
 
@@ -69,8 +53,6 @@ class Tokenizer:
 
     def __init__(self, *, sp_model: bytes | None = None, tokenizer_json: str | None = None):
         """Builds from serialized `spiece.model` bytes or a tokenizer.json string (use from_dir)."""
-        if (sp_model is None) == (tokenizer_json is None):
-            raise ValueError("give exactly one of sp_model and tokenizer_json")
         self._sp_model, self._tokenizer_json = sp_model, tokenizer_json
         self._sp: spm.SentencePieceProcessor | None = None
         self._tk: tokenizers.Tokenizer | None = None
@@ -99,8 +81,6 @@ class Tokenizer:
                 f"tokenizer: ids 0, 1, 2 must be {SPECIAL_PIECES} as in T5, got {found}"
             )
 
-    # ----------------------------------------------------------------------------- loading
-
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
         """Loads `spiece.model` (preferred) or `tokenizer.json` from a directory."""
@@ -121,11 +101,8 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike) -> Tokenizer:
-        """Trains a SentencePiece unigram vocab of `vocab_size` pieces (plus 100 extra ids).
-
-        Deterministic for the same texts. Saves spiece.model and HF tokenizer files in out_dir.
-        The vocab may come out smaller than asked for when the texts are too few.
-        """
+        """Trains a SentencePiece unigram vocab of `vocab_size` pieces (plus 100 extra ids; fewer
+        when the texts are too few), deterministically, and saves it in out_dir."""
         special_re = re.compile(r"</s>|<pad>|<unk>|<extra_id_\d+>")
         # Special tokens written in the text are split out at encode time, so keep them out of
         # the vocab; skip empty lines, which SentencePiece would count as sentences.
@@ -163,8 +140,6 @@ class Tokenizer:
         tok.save(out_dir)
         return tok
 
-    # ----------------------------------------------------------------------------- encoding
-
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without EOS."""
         return self.encode_batch([text])[0]
@@ -196,17 +171,14 @@ class Tokenizer:
         """decode() of each row."""
         return [self.decode(row) for row in ids_2d]
 
-    # ----------------------------------------------------------------------------- saving
-
     def save(self, out_dir: str | os.PathLike) -> None:
         """Writes spiece.model (if SentencePiece), tokenizer.json and the HF config files."""
         out = pathlib.Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         extras = list(EXTRA_PIECES) if self._sp is not None else []
         if self._sp is not None:
-            _atomic_write(out / "spiece.model", self._sp_model)
+            atomic_write(out / "spiece.model", self._sp_model)
         tokenizer_json = self._tokenizer_json or _tokenizer_json_from_sp(self._sp_model)
-        _atomic_write(out / "tokenizer.json", tokenizer_json.encode("utf-8"))
+        atomic_write(out / "tokenizer.json", tokenizer_json)
         special = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
         config = {
             "tokenizer_class": "T5Tokenizer",
@@ -219,7 +191,7 @@ class Tokenizer:
             ("tokenizer_config.json", config),
             ("special_tokens_map.json", {**special, "additional_special_tokens": extras}),
         ):
-            _atomic_write(out / name, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+            atomic_write(out / name, json.dumps(obj, indent=2) + "\n")
 
     def __getstate__(self) -> dict:
         # Processors are C++ objects; pickling (e.g. into data-loader workers) carries the bytes.

@@ -1,16 +1,13 @@
 """Teacher answers -> (rationale, label), agreement with gold, and the majority vote.
 
-Parsing goes through the dataset's parser in `distill_jax/data/parsers.py` (the reference's
-"So the answer is" and its fallbacks). Our prompts end every answer with
-"So the answer is <label>.", so before parsing the text is cut where the teacher starts another
-shot ("\\nQ:"), and the final sentence is given exactly one period: the trailing period is
-never part of the label (the ANLI parser drops the last character unconditionally).
+Parsing goes through the dataset's parser (`data/parsers.py`: the reference's "So the answer
+is" and its fallbacks), on the text up to where the teacher starts another shot ("\\nQ:"), its
+last sentence given exactly one period (the ANLI parser drops the last character, whatever it is).
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import re
 
 from distill_jax import metrics
@@ -65,10 +62,8 @@ def _parse_equation(text: str) -> tuple[str, str]:
 
 
 def parse(dataset: str, text: str, query: str = "") -> tuple[str, str] | None:
-    """(rationale, label) of one answer, or None when either part is missing.
-
-    `query` is the record's input (CQA: its answer choices resolve a bare answer).
-    """
+    """(rationale, label) of one answer, or None when either part is missing; `query` is the
+    record's input (CQA: its answer choices resolve a bare answer)."""
     text = _answer_text(text or "")
     if dataset == "cqa":
         rationale, label = _parse_cqa(text, query)
@@ -96,43 +91,32 @@ def vote_key(dataset: str, label: str) -> str:
     return label.strip()
 
 
-@dataclasses.dataclass(frozen=True)
-class Decision:
-    """What became of one input: kept (`reason` None) with its rationale, or rejected."""
-
-    rationale: str
-    llm_label: str
-    reason: str | None  # None | 'unparseable' | 'disagrees_with_gold' | 'no_majority'
-
-
 def decide(
     dataset: str, texts: list[str], query: str, gold: str | None, filter_name: str
-) -> Decision:
-    """Majority vote over the parsed samples, then `filter_name` ('parsed', 'gold',
-    'majority' = more than half of all samples agree, 'none' = keep even unparseable)."""
+) -> tuple[str, str, str | None]:
+    """(rationale, label, reason) of one input: the majority vote over the parsed samples, then
+    `filter_name` ('parsed', 'gold', 'majority' = more than half of all samples agree, 'none' =
+    keep even unparseable). `reason` is None (kept), 'unparseable', 'disagrees_with_gold' or
+    'no_majority'."""
     parsed = [p for p in (parse(dataset, t, query) for t in texts) if p is not None]
     if not parsed:
         raw = texts[0].strip() if texts else ""
-        reason = None if filter_name == "none" else "unparseable"
-        return Decision(raw, "", reason)
+        return raw, "", None if filter_name == "none" else "unparseable"
     counts = collections.Counter(vote_key(dataset, label) for _, label in parsed)
     best, votes = counts.most_common(1)[0]  # ties: the label seen first wins
     rationale, label = next(p for p in parsed if vote_key(dataset, p[1]) == best)
-    reason = None
     if filter_name == "gold" and gold is not None and not agrees(dataset, label, gold):
-        reason = "disagrees_with_gold"
-    elif filter_name == "majority" and not votes > len(texts) / 2:
-        reason = "no_majority"
-    return Decision(rationale, label, reason)
+        return rationale, label, "disagrees_with_gold"
+    if filter_name == "majority" and not votes > len(texts) / 2:
+        return rationale, label, "no_majority"
+    return rationale, label, None
 
 
-def per_label_accuracy(
-    dataset: str, rows: list[tuple[str, str]], max_labels: int = 20
-) -> dict[str, float] | None:
+def per_label_accuracy(dataset: str, rows: list[tuple[str, str]]) -> dict[str, float] | None:
     """Teacher accuracy per gold label over (gold, teacher label) pairs, for classification-like
-    data (at most `max_labels` distinct gold labels, no equations); else None."""
+    data (at most 20 distinct gold labels, no equations); else None."""
     golds = {g for g, _ in rows}
-    if dataset in metrics.EQUATION_DATASETS or not rows or len(golds) > max_labels:
+    if dataset in metrics.EQUATION_DATASETS or not rows or len(golds) > 20:
         return None
     return {g: accuracy(dataset, [row for row in rows if row[0] == g]) for g in sorted(golds)}
 

@@ -1,13 +1,10 @@
 """Where answers come from: an OpenAI-compatible HTTP server, or a local transformers model.
 
-Both take a list of `Request`s and call `on_answer(Answer)` once per request as its answer
-arrives (in the caller's thread), so the caller can cache each answer the moment it exists.
-
-HTTP (`OpenAIBackend`, httpx): 429, 5xx, timeouts and connection errors are retried (README.md,
-`teacher.max_retries`); other 4xx are not. The first request goes alone: if nothing answers at
-that address the run stops after its retries, and 401, 403, 404 and 405 (wrong key, URL or model)
-stop it at once, so a wrong key costs one request, not `concurrency` doomed ones. The API key is
-sent only in the Authorization header; it is never stored or logged.
+Both call `on_answer(Answer)` in the caller's thread as each answer arrives, so it is cached at
+once. HTTP retries 429, 5xx, timeouts and connection errors (README.md), not other 4xx. The first
+request goes alone: if nothing answers there the run stops after its retries, and 401, 403, 404
+and 405 (wrong key, URL or model) stop it at once, so a wrong key costs one request, not
+`concurrency` doomed ones. The API key is sent only in the Authorization header, never logged.
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from distill_jax.teach.prompts import STOP
 # 4xx answers that will not change for another input: the run stops at once.
 FATAL_STATUS = frozenset({401, 403, 404, 405})
 POOL_SIZE = 8  # connections per httpx client
+ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}  # under base_url
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +49,6 @@ class Answer:
     error: str | None = None
 
 
-class TeacherUnreachable(UserError):
-    """No answer could be had from the teacher at all (the run stops, nothing is written)."""
-
-
 def request_body(t: Any, prompt: str) -> dict[str, Any]:
     """The JSON body of a /chat/completions or /completions request (also for batch files)."""
     body: dict[str, Any] = {"model": t.model}
@@ -66,25 +60,17 @@ def request_body(t: Any, prompt: str) -> dict[str, Any]:
     return body
 
 
-def endpoint(api: str) -> str:
-    """The path under base_url for `api`."""
-    return "/chat/completions" if api == "chat" else "/completions"
-
-
-def completion_text(api: str, body: Any) -> tuple[str, int, int]:
-    """(text, prompt_tokens, completion_tokens) of a completion response; ValueError if the
-    body is not one."""
+def completion_answer(key: str, api: str, body: Any) -> Answer:
+    """The Answer (text and token counts) in a completion response; ValueError if the body is
+    not one."""
     try:
         choice = body["choices"][0]
         text = choice["message"]["content"] if api == "chat" else choice["text"]
     except (KeyError, IndexError, TypeError):
         raise ValueError(f"not a {api} completion: {str(body)[:200]}") from None
     usage = body.get("usage") or {}
-    return (
-        text or "",
-        int(usage.get("prompt_tokens") or 0),
-        int(usage.get("completion_tokens") or 0),
-    )
+    tokens = [int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")]
+    return Answer(key, text or "", *tokens)
 
 
 def server_message(resp: httpx.Response) -> str:
@@ -125,7 +111,7 @@ class OpenAIBackend:
 
     def __init__(self, t: Any, api_key: str | None):
         self.t = t
-        self.url = str(t.base_url).rstrip("/") + endpoint(t.api)
+        self.url = str(t.base_url).rstrip("/") + ENDPOINTS[t.api]
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._key = api_key
         self.attempts = 0  # HTTP requests sent, retries included
@@ -150,10 +136,9 @@ class OpenAIBackend:
                 continue
             if resp.status_code == 200:
                 try:
-                    text, pt, ct = completion_text(self.t.api, resp.json())
+                    return completion_answer(req.key, self.t.api, resp.json())
                 except ValueError as e:
                     return Answer(req.key, None, error=f"200 {e}")
-                return Answer(req.key, text, pt, ct)
             last = server_message(resp)
             if self._key:  # a server may echo what it was sent: never pass the key on
                 last = last.replace(self._key, "***")
@@ -171,13 +156,10 @@ class OpenAIBackend:
         # httpx's pool does work per request that grows with its connection count: several
         # small pools keep concurrency 32 as cheap per request as 8 (BENCHMARKS.md).
         limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
+        options = dict(headers=self._headers, limits=limits, timeout=float(self.t.timeout_s))
         async with contextlib.AsyncExitStack() as stack:
             clients = [
-                await stack.enter_async_context(
-                    httpx.AsyncClient(
-                        headers=self._headers, limits=limits, timeout=float(self.t.timeout_s)
-                    )
-                )
+                await stack.enter_async_context(httpx.AsyncClient(**options))
                 for _ in range(0, conc, POOL_SIZE)  # worker k uses clients[k // POOL_SIZE]
             ]
             first = await self._one(clients[0], requests[0])  # alone: a wrong key costs one
@@ -195,15 +177,15 @@ class OpenAIBackend:
                     group.create_task(worker(clients[k // POOL_SIZE]))
 
     def run(self, requests: Sequence[Request], on_answer: Callable[[Answer], None]) -> None:
-        """Gets every request's answer; raises TeacherUnreachable naming the URL and the last
-        error when the server cannot be used at all."""
+        """Gets every request's answer; a UserError naming the URL and the last error when the
+        server cannot be used at all."""
         if not requests:
             return
         try:
             asyncio.run(self._run(requests, on_answer))
         except* _Fatal as group:
             msg = str(group.exceptions[0])
-            raise TeacherUnreachable(
+            raise UserError(
                 f"teacher at {self.url} gave no usable answer ({self.attempts} request(s) "
                 f"sent): last error: {msg}"
             ) from None
@@ -234,12 +216,10 @@ class HFBackend:
         self.attempts = 0
 
     def _text(self, prompt: str) -> str:
-        if self.t.api == "chat" and getattr(self.tok, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}]
-            return self.tok.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-        return prompt
+        if self.t.api != "chat" or not getattr(self.tok, "chat_template", None):
+            return prompt
+        messages = [{"role": "user", "content": prompt}]
+        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def run(self, requests: Sequence[Request], on_answer: Callable[[Answer], None]) -> None:
         """Generates every request's answer, one batch of `concurrency` prompts at a time."""

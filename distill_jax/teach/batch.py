@@ -1,12 +1,10 @@
 """OpenAI Batch JSONL files, for jobs too large to run online.
 
-`teacher.backend=batch_export` writes `<workdir>/teacher/batch_requests.jsonl`, one line
-`{"custom_id": <cache key>, "method": "POST", "url": "/v1/chat/completions", "body": {...}}`
-per answer not yet cached (what `vllm run-batch` and hosted batch APIs take), and the records
-it was made from to `batch_inputs.jsonl`. `teacher.backend=batch_import` with
-`--input=<results.jsonl>` reads the results (`{"custom_id", "response": {"status_code",
-"body"}, "error"}` per line), stores each answer in the cache under its custom_id, and the
-usual filter and output steps run on the records of `batch_inputs.jsonl`.
+`batch_export` writes `<workdir>/teacher/batch_requests.jsonl`, a line `{"custom_id": <cache
+key>, "method": "POST", "url": "/v1/chat/completions", "body": {...}}` per answer not yet cached
+(what `vllm run-batch` and hosted batch APIs take), and the records to `batch_inputs.jsonl`.
+`batch_import --input=<results.jsonl>` caches each result (`{"custom_id", "response":
+{"status_code", "body"}, "error"}`) under its custom_id; the run goes on with those records.
 """
 
 from __future__ import annotations
@@ -17,16 +15,16 @@ from typing import Any
 
 from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json
 from distill_jax.errors import UserError
-from distill_jax.teach.backends import Answer, Request, completion_text, endpoint, request_body
-from distill_jax.teach.records import Record, read_records, write_jsonl
+from distill_jax.files import write_jsonl
+from distill_jax.teach.backends import ENDPOINTS, Answer, Request, completion_answer, request_body
+from distill_jax.teach.records import INPUTS_FILE, Record
 
 REQUESTS_FILE = "batch_requests.jsonl"
-INPUTS_FILE = "batch_inputs.jsonl"
 
 
 def export(teacher_dir: Path, t: Any, records: list[Record], requests: list[Request]) -> Path:
     """Writes the Batch requests and the records they came from; returns the requests file."""
-    url = "/v1" + endpoint(t.api)
+    url = "/v1" + ENDPOINTS[t.api]
     out = teacher_dir / REQUESTS_FILE
     lines = [
         {"custom_id": r.key, "method": "POST", "url": url, "body": request_body(t, r.prompt)}
@@ -35,16 +33,6 @@ def export(teacher_dir: Path, t: Any, records: list[Record], requests: list[Requ
     write_jsonl(out, lines)
     write_jsonl(teacher_dir / INPUTS_FILE, map(dataclasses.asdict, records))
     return out
-
-
-def exported_records(teacher_dir: Path) -> list[Record]:
-    """The records `export` saved; UserError when this workdir has none."""
-    path = teacher_dir / INPUTS_FILE
-    if not path.is_file():
-        raise UserError(
-            f"{path}: not found; run teacher.backend=batch_export with the same --workdir first"
-        )
-    return read_records(path)
 
 
 def read_results(path: str | Path, api: str) -> list[Answer]:
@@ -63,10 +51,9 @@ def read_results(path: str | Path, api: str) -> list[Answer]:
         status = resp.get("status_code")
         if status == 200:
             try:
-                text, pt, ct = completion_text(api, resp.get("body"))
+                answers.append(completion_answer(key, api, resp.get("body")))
             except ValueError as e:
                 raise UserError(f"{path}, line {item.line}: {e}") from None
-            answers.append(Answer(key, text, pt, ct))
         else:
             err = row.get("error") or (resp.get("body") or {}).get("error") or {}
             msg = err.get("message", err) if isinstance(err, dict) else err

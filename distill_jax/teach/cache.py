@@ -41,20 +41,19 @@ def request_key(t: Any, prompt: str, prompt_version: str, sample: int) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-class AnswerCache:
-    """The answers of earlier runs (`get`) and an append-only writer for new ones (`put`)."""
+class AnswerCache(dict[str, dict[str, Any]]):
+    """Key -> `{key, text, prompt_tokens, completion_tokens}` of every cached answer, and an
+    append-only writer for new ones (`put`)."""
 
     def __init__(self, path: str | os.PathLike):
+        super().__init__()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._answers: dict[str, dict[str, Any]] = {}
         self._load()
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
+        data = self.path.read_bytes() if self.path.exists() else b""
         keep = data.rfind(b"\n") + 1  # a torn write has no newline yet: drop that tail
         lines = data[:keep].split(b"\n")[:-1]
         for number, line in enumerate(lines, 1):
@@ -62,7 +61,7 @@ class AnswerCache:
                 continue
             try:
                 row = json.loads(line)
-                self._answers[row["key"]] = row
+                self[row["key"]] = row
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
                 if number < len(lines):  # only the last line can be a torn write
                     raise UserError(
@@ -71,18 +70,7 @@ class AnswerCache:
                     ) from None
                 keep -= len(line) + 1
         if keep < len(data):  # cut the torn tail so that new lines start cleanly
-            with open(self.path, "r+b") as f:
-                f.truncate(keep)
-
-    def __len__(self) -> int:
-        return len(self._answers)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._answers
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        """The cached answer `{key, text, prompt_tokens, completion_tokens}`, or None."""
-        return self._answers.get(key)
+            os.truncate(self.path, keep)
 
     def put(self, key: str, text: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         """Stores one answer and flushes it to the file at once."""
@@ -92,7 +80,7 @@ class AnswerCache:
             "prompt_tokens": int(prompt_tokens),
             "completion_tokens": int(completion_tokens),
         }
-        self._answers[key] = row
+        self[key] = row
         self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._file.flush()
 

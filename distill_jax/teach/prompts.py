@@ -3,10 +3,8 @@
 Every prompt has the paper's form (Wei et al. 2022, as used by Hsieh et al. 2023): shots
 "Q: <question>\nA: <reasoning>. So the answer is <label>.", then the record's "Q: ...\nA:". The
 built-in shots were written for this project (the reference never released its prompts). A
-prompt's version string enters the cache key, so editing a prompt re-asks the teacher instead of
-reusing answers to the old one. A `teacher.prompt_file`'s placeholders {shots}, {input} and
-{label} (README.md) are replaced literally, so other braces in the file are left alone; with
-`teacher.rationalize=True` (STaR) the gold label is shown as a hint and the teacher asked why.
+prompt's version enters the cache key, so editing a prompt re-asks the teacher. A prompt file's
+placeholders (README.md) are replaced literally, so other braces in it are left alone.
 """
 
 from __future__ import annotations
@@ -41,6 +39,10 @@ class Builtin:
 
 _CHOICES = "\nAnswer Choices:\n(a) {}\n(b) {}\n(c) {}\n(d) {}\n(e) {}"
 _NLI_Q = "Does the premise entail the hypothesis, contradict it, or neither (neutral)?"
+_NLI_INSTRUCTION = (
+    "Decide whether the premise entails the hypothesis, contradicts it, or neither. Reason step by "
+    "step, then end with 'So the answer is <entailment|neutral|contradiction>.'"
+)
 
 BUILTIN: dict[str, Builtin] = {
     "cqa": Builtin(
@@ -72,8 +74,7 @@ BUILTIN: dict[str, Builtin] = {
     ),
     "esnli": Builtin(
         "esnli-v1",
-        "Decide whether the premise entails the hypothesis, contradicts it, or neither. Reason "
-        "step by step, then end with 'So the answer is <entailment|neutral|contradiction>.'",
+        _NLI_INSTRUCTION,
         (
             Shot(
                 "A man is playing a guitar on a stage.</s>A man is performing music.",
@@ -96,8 +97,7 @@ BUILTIN: dict[str, Builtin] = {
     ),
     "anli1": Builtin(
         "anli1-v1",
-        "Decide whether the premise entails the hypothesis, contradicts it, or neither. Reason "
-        "step by step, then end with 'So the answer is <entailment|neutral|contradiction>.'",
+        _NLI_INSTRUCTION,
         (
             Shot(
                 "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.</s>The "
@@ -201,8 +201,6 @@ class Prompter:
 
     def render(self, text: str, label: str | None, shots: list[Shot] | tuple[Shot, ...]) -> str:
         """The full prompt for input `text` (gold `label` shown only with rationalize)."""
-        if self.rationalize and not label:
-            raise ValueError("rationalize needs the record's gold label")
         query = show_input(self.dataset, text)
         if self.rationalize and "{label}" not in self.template:
             query += _hint(label)

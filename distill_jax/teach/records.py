@@ -1,18 +1,17 @@
-"""The records a teacher is asked about: `--input` (any layout the generic reader takes) or,
-without it, the dataset's own split files; and the JSON Lines files teach writes."""
+"""The records a teacher is asked about: `--input` (any layout the generic reader takes), the
+dataset's own split files, or those a batch export saved."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from distill_jax.data import generic, sources
 from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json, type_name
 from distill_jax.errors import UserError
+
+INPUTS_FILE = "batch_inputs.jsonl"  # the records of a batch export, read again by its import
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,25 +57,25 @@ def read_records(path: str | Path) -> list[Record]:
     return records
 
 
-def dataset_records(data_cfg: Any, split: str) -> tuple[list[Record], str]:
-    """(records, where they came from) of `data.name`'s `split` when --input is omitted."""
-    if data_cfg.name == "generic":
-        path = generic.generic_paths(data_cfg, check=False)[split]
+def teach_records(config: Any, teacher_dir: Path, input_path: str) -> tuple[list[Record], str]:
+    """(records, where they came from): the batch export's for `batch_import`, else --input,
+    else the `teacher.split` of `data.name`."""
+    data, split = config.data, config.teacher.split
+    if config.teacher.backend == "batch_import":
+        if not input_path:
+            raise UserError("teacher.backend=batch_import needs --input=<batch results.jsonl>")
+        path = teacher_dir / INPUTS_FILE
+        if not path.is_file():
+            raise UserError(
+                f"{path}: not found; run teacher.backend=batch_export with the same --workdir first"
+            )
+        return read_records(path), str(path)
+    if input_path:
+        return read_records(input_path), input_path
+    if data.name == "generic":
+        path = generic.generic_paths(data, check=False)[split]
         if path is None:
             raise UserError(f"generic data has no {split} file: set data.{split}_file or --input")
         return read_records(path), str(path)
-    rows = sources.gold_rows(data_cfg, split)
-    where = f"{Path(data_cfg.dir) / data_cfg.name} ({split})"
-    return [Record(r["input"], r["label"]) for r in rows], where
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """JSON Lines through a temp file and a rename (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    rows = sources.gold_rows(data, split)
+    return [Record(r["input"], r["label"]) for r in rows], f"{Path(data.dir) / data.name} ({split})"

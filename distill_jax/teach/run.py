@@ -1,13 +1,13 @@
 """`--mode=teach` end to end: records, prompts, cached answers, decisions, OUT and the summary.
 
-OUT and rejected.jsonl are written once, at the end, through a temp file and a rename: a crash
-never leaves a half-file, and the cache keeps every answer that had arrived, so the rerun asks
-only for the rest.
+OUT and rejected.jsonl are written whole, at the end; after a crash the cache holds every answer
+that had arrived, so the rerun asks only for the rest.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import time
@@ -19,23 +19,12 @@ from absl import logging
 from tqdm import tqdm
 
 from distill_jax import config_check
-from distill_jax.data import sources
 from distill_jax.errors import UserError
+from distill_jax.files import atomic_write, write_jsonl
 from distill_jax.teach import answers, backends, batch, cache, prompts
-from distill_jax.teach.records import Record, dataset_records, read_records, write_jsonl
+from distill_jax.teach.records import Record, teach_records
 
 TEACHER_DIR = "teacher"
-
-
-def _records(config, teacher_dir: Path, input_path: str) -> tuple[list[Record], str]:
-    t = config.teacher
-    if t.backend == "batch_import":
-        if not input_path:
-            raise UserError("teacher.backend=batch_import needs --input=<batch results.jsonl>")
-        return batch.exported_records(teacher_dir), str(teacher_dir / batch.INPUTS_FILE)
-    if input_path:
-        return read_records(input_path), input_path
-    return dataset_records(config.data, t.split)
 
 
 def _shots_for(records: list[Record], t, builtin: tuple) -> list[list[prompts.Shot] | tuple]:
@@ -57,15 +46,13 @@ def _shots_for(records: list[Record], t, builtin: tuple) -> list[list[prompts.Sh
 def _plan(config, records: list[Record]) -> tuple[list[list[str]], dict[str, str]]:
     """(cache keys per record, one per sample; prompt per key)."""
     t = config.teacher
-    dataset = config.data.name
-    if t.rationalize:
-        for k, r in enumerate(records):
-            if not r.label:
-                raise UserError(
-                    f"config field teacher.rationalize=True needs a gold label: input record "
-                    f"{k + 1} has no 'label'"
-                )
-    prompter, builtin = prompts.make_prompter(dataset, t.prompt_file, bool(t.rationalize))
+    unlabeled = [k for k, r in enumerate(records, 1) if not r.label]
+    if t.rationalize and unlabeled:
+        raise UserError(
+            f"config field teacher.rationalize=True needs a gold label: input record "
+            f"{unlabeled[0]} has no 'label'"
+        )
+    prompter, builtin = prompts.make_prompter(config.data.name, t.prompt_file, bool(t.rationalize))
     if int(t.num_samples) > 1 and float(t.temperature) == 0:
         logging.warning(
             "teacher.num_samples=%d with teacher.temperature=0: greedy samples are identical, "
@@ -100,14 +87,13 @@ def _ask(config, store: cache.AnswerCache, missing: list[backends.Request], inpu
         bar.update(1)
         bar.set_postfix(answered=stats["answered"], cached=len(store), failed=stats["failed"])
 
-    bar = tqdm(
+    with tqdm(
         total=len(missing),
         desc="teacher",
         unit="req",
         disable=not config.logging.progress_bar,
         dynamic_ncols=True,
-    )
-    try:
+    ) as bar:
         if t.backend == "batch_import":
             wanted = {r.key for r in missing}
             for a in batch.read_results(input_path, t.api):
@@ -130,8 +116,6 @@ def _ask(config, store: cache.AnswerCache, missing: list[backends.Request], inpu
             backend = backends.HFBackend(t) if t.backend == "hf" else backends.OpenAIBackend(t, key)
             backend.run(missing, on_answer)
             stats["attempts"] = backend.attempts
-    finally:
-        bar.close()
     return errors, stats
 
 
@@ -142,15 +126,13 @@ def run_teach(
     start = time.time()
     t = config.teacher
     config_check.validate_teacher(t)
-    if config.data.name not in sources.SUPPORTED:
-        raise UserError(f"config field data.name={config.data.name!r}: unknown dataset")
+    config_check.check_dataset(config.data.name)
     if t.backend != "batch_export" and not output_path:
         raise UserError("--mode=teach needs --output=FILE (JSON Lines of the kept records)")
     teacher_dir = Path(workdir) / TEACHER_DIR  # made by AnswerCache
-    records, source = _records(config, teacher_dir, input_path)
+    records, source = teach_records(config, teacher_dir, input_path)
     keys, prompt_of = _plan(config, records)
-    store = cache.AnswerCache(teacher_dir / "cache.jsonl")
-    try:
+    with contextlib.closing(cache.AnswerCache(teacher_dir / "cache.jsonl")) as store:
         cached = sum(k in store for k in prompt_of)
         missing = [backends.Request(k, p) for k, p in prompt_of.items() if k not in store]
         if t.backend == "batch_export":
@@ -160,24 +142,21 @@ def run_teach(
         errors, stats = _ask(config, store, missing, input_path)
         if t.backend == "openai" and missing and not stats["answered"] and not cached:
             last = next(reversed(errors.values()), "no answer")  # a server that only fails
-            raise backends.TeacherUnreachable(
+            raise UserError(
                 f"teacher at {t.base_url} answered none of {len(missing)} request(s): "
                 f"last error: {last}"
             )
         kept, rejected, graded = _decide(config, records, keys, store, errors)
-    finally:
-        store.close()
     write_jsonl(Path(output_path), kept)
     write_jsonl(teacher_dir / "rejected.jsonl", rejected)
     summary = _summary(config, records, kept, rejected, graded, keys, store, stats, cached, missing)
     summary.update(input=source, output=str(output_path), wall_time_s=round(time.time() - start, 3))
-    (teacher_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(teacher_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def _decide(config, records, keys, store, errors):
     """(kept rows, rejected rows, (gold, teacher label) of every answered input with gold)."""
-    t = config.teacher
     kept, rejected, graded = [], [], []
     for r, row_keys in zip(records, keys, strict=True):
         base = {"input": r.input} | ({"label": r.label} if r.label else {})
@@ -187,20 +166,18 @@ def _decide(config, records, keys, store, errors):
             rejected.append({**base, "reason": f"request_failed: {why}", "text": None})
             continue
         texts = [store.get(k)["text"] for k in row_keys]
-        d = answers.decide(config.data.name, texts, r.input, r.label, t.filter)
+        rationale, llm_label, reason = answers.decide(
+            config.data.name, texts, r.input, r.label, config.teacher.filter
+        )
         if r.label:  # an unparseable answer counts as wrong
-            graded.append((r.label, d.llm_label))
-        if d.reason:
+            graded.append((r.label, llm_label))
+        if reason:
             extra = {"samples": texts} if len(texts) > 1 else {}
-            rejected.append({**base, "reason": d.reason, "text": texts[0], **extra})
+            rejected.append({**base, "reason": reason, "text": texts[0], **extra})
             continue
+        label = r.label or llm_label  # gold where the input has it
         kept.append(
-            {
-                "input": r.input,
-                "label": r.label or d.llm_label,  # gold where the input has it
-                "rationale": d.rationale,
-                "llm_label": d.llm_label,
-            }
+            {"input": r.input, "label": label, "rationale": rationale, "llm_label": llm_label}
         )
     return kept, rejected, graded
 
