@@ -44,10 +44,8 @@ class EvalSet:
     ):
         if task not in PREFIXES:
             raise UserError(f"eval task must be one of {list(PREFIXES)}, got {task!r}")
-        if all(isinstance(r, str) for r in records):
-            inputs = list(records)
-        else:
-            inputs = text_field(records, "input")
+        strings = all(isinstance(r, str) for r in records)
+        inputs = list(records) if strings else text_field(records, "input")
         texts = [PREFIXES[task] + x for x in inputs]
         self.inputs = encode_truncated(tokenizer, texts, max_input_length, f"tokenize {task}")
         self.eos_id = tokenizer.eos_id
@@ -102,14 +100,9 @@ def eval_batches(
     batch_size: int,
     max_input_length: int,
     task: str = "standard",
-    row_multiple: int = 1,
-    process_index: int = 0,
-    process_count: int = 1,
+    **placement: int,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One-shot `EvalSet(...).batches(...)`; keep an EvalSet to avoid re-tokenizing."""
-    return EvalSet(records, tokenizer, task=task, max_input_length=max_input_length).batches(
-        batch_size,
-        row_multiple=row_multiple,
-        process_index=process_index,
-        process_count=process_count,
-    )
+    """One-shot `EvalSet(...).batches(batch_size, **placement)` (`row_multiple`,
+    `process_index`, `process_count`); keep an EvalSet to avoid re-tokenizing."""
+    evalset = EvalSet(records, tokenizer, task=task, max_input_length=max_input_length)
+    return evalset.batches(batch_size, **placement)

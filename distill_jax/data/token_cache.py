@@ -58,21 +58,11 @@ def cache_key(tokenizer: Any, split: str, **settings: Any) -> str:
 
 
 def tokenize_pairs_cached(
-    records: Sequence[Mapping[str, Any]],
-    tokenizer: TokenizerLike,
-    *,
-    model_type: str,
-    max_input_length: int,
-    max_target_length: int,
-    label_key: str = "label",
+    records: Sequence[Mapping[str, Any]], tokenizer: TokenizerLike, **settings: Any
 ) -> TokenizedPairs:
-    """`features.tokenize_pairs`, cached when `records` has a `cache_dir` (module docstring)."""
-    settings = dict(
-        model_type=model_type,
-        max_input_length=max_input_length,
-        max_target_length=max_target_length,
-        label_key=label_key,
-    )
+    """`features.tokenize_pairs(records, tokenizer, **settings)`, cached when `records` has a
+    `cache_dir` (module docstring)."""
+    settings = {"label_key": "label", **settings}  # keys name the default label_key too
     cache_dir = getattr(records, "cache_dir", None)
     if cache_dir is None:  # records in memory: nothing to key a cache on
         return features.tokenize_pairs(records, tokenizer, **settings)
