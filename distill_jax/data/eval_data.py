@@ -28,11 +28,8 @@ def bucket_length(n: int, minimum: int = 32) -> int:
 
 
 class EvalSet:
-    """Tokenized eval inputs (once) for one task; `batches(...)` yields padded batches.
-
-    `records`: record dicts (their 'input' is used) or the input strings themselves; `task`
-    'predict', 'explain' or 'standard' picks the prefix ('standard': none).
-    """
+    """Eval inputs tokenized once, for `batches`: `records` (dicts, their 'input' used, or the
+    input strings) with the prefix of `task` ('predict', 'explain' or 'standard': none)."""
 
     def __init__(
         self,

@@ -32,22 +32,17 @@ CACHE_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 of the files `tokenizer.save(dir)` writes: equal files, equal ids."""
-    digest = hashlib.sha256()
+def cache_key(tokenizer: Any, split: str, **settings: Any) -> str:
+    """Directory name of the cached ids of `split` under these tokenisation settings."""
+    digest = hashlib.sha256()  # of the files `tokenizer.save(dir)` writes: same files, same ids
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save(tmp)
         for path in sorted(pathlib.Path(tmp).rglob("*")):
             if path.is_file():
                 digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def cache_key(tokenizer: Any, split: str, **settings: Any) -> str:
-    """Directory name of the cached ids of `split` under these tokenisation settings."""
     blob = json.dumps(
         {
-            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "tokenizer": digest.hexdigest(),
             "settings": settings,
             "prefixes": features.PREFIXES,
             "version": CACHE_VERSION,
