@@ -16,10 +16,10 @@ from distill_jax.data.features import PREFIXES, TokenizerLike, encode_truncated,
 from distill_jax.errors import UserError
 
 
-def bucket_length(n: int, minimum: int = 32) -> int:
+def bucket_length(n: int) -> int:
     """Padded eval length for n tokens: 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, ...:
     few shapes (decoding compiles once per length), at most a third of the slots padding."""
-    size = minimum
+    size = 32
     while size < n:
         if size >= 64 and size * 3 // 2 >= n:
             return size * 3 // 2
