@@ -1,18 +1,15 @@
 """Prepare a dataset's processed records once into a versioned ArrayRecord data dir (TFDS).
 
 `prepare` runs `records_fn()` (e.g. `sources.load_splits`) at most once per fingerprint and
-writes the splits as ArrayRecord files with a TFDS `GeneratorBasedBuilder` (no TensorFlow
-needed; checked with tensorflow-datasets 4.9.10), read back as random-access sequences.
+writes the splits with a TFDS `GeneratorBasedBuilder` (no TensorFlow needed; checked with
+tensorflow-datasets 4.9.10), each record one JSON text feature (optional fields round trip).
 
-Layout: `<out_dir>/distill_records/<name>_<hash>/<PROCESSING_VERSION>/`, and
-`<out_dir>/tokens/<name>_<hash>/` for the token ids (`token_cache.py`). `<hash>` digests the
-fingerprint (the data config and `file_fingerprint(raw files)`) and `PROCESSING_VERSION`:
-changed files, options or processing give a new directory; old ones stay (another run may use
-them). Each record is stored as one JSON text feature, so optional fields round trip, in order.
-
-Atomic: TFDS writes into `incomplete.*` and renames it when complete. Process 0 alone prepares
-and the others wait and read its files (a shared file system); separate jobs that race lose
-only the rename and read the winner's files (same fingerprint, same content).
+Layout: `<out_dir>/distill_records/<name>_<hash>/<PROCESSING_VERSION>/`, the token ids in
+`<out_dir>/tokens/<name>_<hash>/` (`token_cache.py`). `<hash>` digests the fingerprint (the
+data config, `file_fingerprint(raw files)`) and `PROCESSING_VERSION`: changed files, options
+or processing give a new directory; old ones stay (another run may use them). TFDS writes into
+`incomplete.*` and renames it when complete; process 0 alone prepares, the others wait and read
+(a shared file system); racing jobs lose only the rename and read the winner's (same) files.
 """
 
 from __future__ import annotations
@@ -55,13 +52,13 @@ class RecordSource(Sequence):
             return self.__getitems__(range(len(self))[index])
         if not -len(self) <= index < len(self):
             raise IndexError(f"record {index} out of range for split {self.split!r} ({len(self)})")
-        return _decode(self._source[index % len(self)])
+        return json.loads(self._source[index % len(self)]["record"])  # bytes (UTF-8) or str
 
     def __getitems__(self, indices: Iterable[int]) -> list[dict[str, Any]]:
         indices = list(indices)
         if not indices:
             return []
-        return [_decode(x) for x in self._source.__getitems__(indices)]
+        return [json.loads(x["record"]) for x in self._source.__getitems__(indices)]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         chunk = 4096  # batched reads are much faster than one record at a time
@@ -70,10 +67,6 @@ class RecordSource(Sequence):
 
     def __repr__(self) -> str:
         return f"RecordSource(split={self.split!r}, len={len(self)})"
-
-
-def _decode(example: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(example["record"])  # bytes (UTF-8) or str
 
 
 class DistillRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -183,13 +176,9 @@ def prepare(
     *,
     name: str = "records",
 ) -> dict[str, RecordSource]:
-    """Prepare records once into `out_dir` and return {split: RecordSource}, record i of a
-    split being the i-th that `records_fn` gave.
-
-    `records_fn()` ({split: [JSON-serialisable record dict]}) is called only when no prepared
-    data matches `fingerprint` (JSON-serialisable: everything the records depend on); `name`
-    is a readable config name, e.g. 'cqa_palm_llm' ([A-Za-z0-9_.-]).
-    """
+    """{split: RecordSource} of the records `records_fn()` ({split: [JSON-serialisable dict]})
+    gives, in order, prepared once into `out_dir`: it is called only when no prepared data
+    matches `fingerprint` (everything the records depend on). `name`: e.g. 'cqa_palm_llm'."""
     out_dir = Path(out_dir)
     where = prepared_path(out_dir, name, fingerprint)
     config = tfds.core.BuilderConfig(

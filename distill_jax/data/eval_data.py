@@ -16,10 +16,10 @@ from distill_jax.data.features import PREFIXES, TokenizerLike, encode_truncated,
 from distill_jax.errors import UserError
 
 
-def bucket_length(n: int, minimum: int = 32) -> int:
+def bucket_length(n: int) -> int:
     """Padded eval length for n tokens: 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, ...:
     few shapes (decoding compiles once per length), at most a third of the slots padding."""
-    size = minimum
+    size = 32
     while size < n:
         if size >= 64 and size * 3 // 2 >= n:
             return size * 3 // 2
@@ -28,11 +28,8 @@ def bucket_length(n: int, minimum: int = 32) -> int:
 
 
 class EvalSet:
-    """Tokenized eval inputs (once) for one task; `batches(...)` yields padded batches.
-
-    `records`: record dicts (their 'input' is used) or the input strings themselves; `task`
-    'predict', 'explain' or 'standard' picks the prefix ('standard': none).
-    """
+    """Eval inputs tokenized once, for `batches`: `records` (dicts, their 'input' used, or the
+    input strings) with the prefix of `task` ('predict', 'explain' or 'standard': none)."""
 
     def __init__(
         self,
@@ -44,10 +41,8 @@ class EvalSet:
     ):
         if task not in PREFIXES:
             raise UserError(f"eval task must be one of {list(PREFIXES)}, got {task!r}")
-        if all(isinstance(r, str) for r in records):
-            inputs = list(records)
-        else:
-            inputs = text_field(records, "input")
+        strings = all(isinstance(r, str) for r in records)
+        inputs = list(records) if strings else text_field(records, "input")
         texts = [PREFIXES[task] + x for x in inputs]
         self.inputs = encode_truncated(tokenizer, texts, max_input_length, f"tokenize {task}")
         self.eos_id = tokenizer.eos_id
@@ -102,14 +97,9 @@ def eval_batches(
     batch_size: int,
     max_input_length: int,
     task: str = "standard",
-    row_multiple: int = 1,
-    process_index: int = 0,
-    process_count: int = 1,
+    **placement: int,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One-shot `EvalSet(...).batches(...)`; keep an EvalSet to avoid re-tokenizing."""
-    return EvalSet(records, tokenizer, task=task, max_input_length=max_input_length).batches(
-        batch_size,
-        row_multiple=row_multiple,
-        process_index=process_index,
-        process_count=process_count,
-    )
+    """One-shot `EvalSet(...).batches(batch_size, **placement)` (`row_multiple`,
+    `process_index`, `process_count`); keep an EvalSet to avoid re-tokenizing."""
+    evalset = EvalSet(records, tokenizer, task=task, max_input_length=max_input_length)
+    return evalset.batches(batch_size, **placement)

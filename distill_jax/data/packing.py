@@ -107,18 +107,15 @@ def choose_pack_spec(
     input_length: int = 0,
     target_length: int = 0,
     row_bucket: int = 0,
-    max_pairs_per_row: float = 16.0,
     attention_length: float = 4096.0,
 ) -> PackSpec:
     """Pick row lengths (those given as 0) that minimise padding, by simulating a few steps.
 
-    Candidates: encoder rows from the longest pair up to ~`max_pairs_per_row` average pairs,
-    in steps of 64; the target length keeps the rows' encoder:decoder ratio equal to the
-    data's (or 10% more; rounded up to 16, at least the longest target) so both sides fill
-    together. Each candidate packs the same few random steps (fixed seed: identical on every
-    process) and the least estimated compute wins: slots weighted by 1 + attended length /
-    `attention_length` (the trainer's cost model), so longer rows must save real padding.
-    Row counts round up to `row_bucket` (0: ~5% of the rows, a multiple of `row_multiple`).
+    Candidates: encoder rows from the longest pair up to ~16 average pairs, in steps of 64; the
+    target side keeps the data's encoder:decoder ratio (or 10% more) so both sides fill
+    together. Each packs the same few random steps (fixed seed: identical on every process)
+    and the least compute wins: slots weighted by 1 + attended length / `attention_length`
+    (the trainer's cost model), so longer rows must save real padding.
     """
     mean_enc, mean_dec = float(np.mean(enc_lengths)), float(np.mean(dec_lengths))
     longest_enc, longest_dec = int(enc_lengths.max()), int(dec_lengths.max())
@@ -145,7 +142,7 @@ def choose_pack_spec(
     if input_length:
         candidates = [input_length]
     else:
-        top = round_up(max(longest_enc, max_pairs_per_row * mean_enc), 64)
+        top = round_up(max(longest_enc, 16 * mean_enc), 64)
         candidates = list(range(round_up(longest_enc, 64), top + 1, 64))
         candidates = candidates[:: max(1, len(candidates) // 24)]  # at most ~24
     # A few random steps (fixed seed), fewer for big batches.

@@ -38,13 +38,7 @@ from distill_jax.data.features import Sequences, TokenizerLike, tokenize_pairs
 from distill_jax.data.packing import empty_batch
 from distill_jax.errors import UserError
 
-__all__ = [
-    "EvalSet",
-    "TrainIterator",
-    "bucket_length",
-    "eval_batches",
-    "tokenize_pairs",
-]
+__all__ = ["EvalSet", "TrainIterator", "bucket_length", "eval_batches", "tokenize_pairs"]
 
 log = logging.getLogger(__name__)
 _SAME_ON_RESUME = ("seed", "num_examples", "batch_size")  # checked by set_state
@@ -52,15 +46,10 @@ _SAME_ON_RESUME = ("seed", "num_examples", "batch_size")  # checked by set_state
 
 class TrainIterator:
     """Infinite iterator of packed train batches (module docstring), a pure function of
-    (seed, step).
-
-    `records`: a sequence of record dicts (e.g. a builder `RecordSource`); pack lengths and
-    `row_bucket` 0 are chosen from the data (`packing.choose_pack_spec`), weighing padding
-    against attention by `attention_length` (the trainer's cost model, `train/perf.py`);
+    (seed, step). Pack lengths and `row_bucket` given as 0 are chosen from the data
+    (`packing.choose_pack_spec`, attention priced by the trainer's `attention_length`);
     `row_multiple`: devices on the batch axes; `prefetch`: batches built ahead on a grain
-    thread (0 = on `next`). `padding_fraction` is the pad share of the slots returned so far,
-    `row_counts` the rows per micro-batch seen, `shapes` those fixed by `fix_row_counts`.
-    """
+    thread (0 = on `next`)."""
 
     def __init__(
         self,
@@ -140,10 +129,10 @@ class TrainIterator:
         self._batches = self._example_ids.map(self._build)  # step -> (batch, stats)
         self._prefetch = prefetch
         self._iter: Iterator | None = None
-        self._step = 0
+        self.step = 0  # index of the next batch
         self._real_tokens = 0
         self._slots = 0
-        self.row_counts: set[int] = set()
+        self.row_counts: set[int] = set()  # rows per micro-batch of the batches returned
         self.shapes: tuple[int, ...] = ()  # () = each step at the rows it needs
         log.info(
             "Packed train batches: pack lengths %d/%d, ~%.1f rows per micro-batch (bucket %d), "
@@ -238,19 +227,14 @@ class TrainIterator:
                 num_threads=1 if self._prefetch else 0, prefetch_buffer_size=self._prefetch
             )
             self._iter = iter(self._batches.to_iter_dataset(options))
-            if self._step:
-                self._iter.set_state({"next_index": self._step})
+            if self.step:
+                self._iter.set_state({"next_index": self.step})
         batch, (real, slots, num_rows) = next(self._iter)
-        self._step += 1
+        self.step += 1
         self._real_tokens += real
         self._slots += slots
         self.row_counts.add(num_rows)
         return batch
-
-    @property
-    def step(self) -> int:
-        """Index of the next batch."""
-        return self._step
 
     @property
     def padding_fraction(self) -> float:
@@ -259,7 +243,7 @@ class TrainIterator:
 
     def get_state(self) -> dict[str, int]:
         """JSON-serialisable position; `set_state` on a same-data iterator resumes exactly."""
-        return {"step": self._step, **{key: getattr(self, key) for key in _SAME_ON_RESUME}}
+        return {"step": self.step, **{key: getattr(self, key) for key in _SAME_ON_RESUME}}
 
     def set_state(self, state: Mapping[str, int]) -> None:
         """Continue from `state` (from `get_state`): the next batch is batch `state['step']`."""
@@ -269,7 +253,7 @@ class TrainIterator:
                     f"data iterator checkpoint has {key}={state[key]} but this run has "
                     f"{getattr(self, key)}; resume with the same data and batch size"
                 )
-        self._step = int(state["step"])
+        self.step = int(state["step"])
         self._iter = None  # reopened lazily at the new position
 
 

@@ -32,22 +32,17 @@ CACHE_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 of the files `tokenizer.save(dir)` writes: equal files, equal ids."""
-    digest = hashlib.sha256()
+def cache_key(tokenizer: Any, split: str, **settings: Any) -> str:
+    """Directory name of the cached ids of `split` under these tokenisation settings."""
+    digest = hashlib.sha256()  # of the files `tokenizer.save(dir)` writes: same files, same ids
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save(tmp)
         for path in sorted(pathlib.Path(tmp).rglob("*")):
             if path.is_file():
                 digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def cache_key(tokenizer: Any, split: str, **settings: Any) -> str:
-    """Directory name of the cached ids of `split` under these tokenisation settings."""
     blob = json.dumps(
         {
-            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "tokenizer": digest.hexdigest(),
             "settings": settings,
             "prefixes": features.PREFIXES,
             "version": CACHE_VERSION,
@@ -58,21 +53,11 @@ def cache_key(tokenizer: Any, split: str, **settings: Any) -> str:
 
 
 def tokenize_pairs_cached(
-    records: Sequence[Mapping[str, Any]],
-    tokenizer: TokenizerLike,
-    *,
-    model_type: str,
-    max_input_length: int,
-    max_target_length: int,
-    label_key: str = "label",
+    records: Sequence[Mapping[str, Any]], tokenizer: TokenizerLike, **settings: Any
 ) -> TokenizedPairs:
-    """`features.tokenize_pairs`, cached when `records` has a `cache_dir` (module docstring)."""
-    settings = dict(
-        model_type=model_type,
-        max_input_length=max_input_length,
-        max_target_length=max_target_length,
-        label_key=label_key,
-    )
+    """`features.tokenize_pairs(records, tokenizer, **settings)`, cached when `records` has a
+    `cache_dir` (module docstring)."""
+    settings = {"label_key": "label", **settings}  # keys name the default label_key too
     cache_dir = getattr(records, "cache_dir", None)
     if cache_dir is None:  # records in memory: nothing to key a cache on
         return features.tokenize_pairs(records, tokenizer, **settings)
