@@ -9,6 +9,7 @@ save are reported and deleted. A finished step that no longer restores is set as
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import time
 from typing import Any
@@ -91,7 +92,10 @@ class Checkpoints:
                     why,
                     step,
                 )
-                self._set_aside(bad)
+                path = pathlib.Path(self.latest.directory) / str(bad)  # shared file system
+                aside = path.with_name(f"{bad}.incomplete-{int(time.time())}")
+                rename = functools.partial(path.rename, aside)
+                multihost.on_process0(rename, f"renaming {path} aside")
             if failed:
                 self.latest.reload()
             return step, restored.state, restored.data
@@ -104,12 +108,6 @@ class Checkpoints:
                 "to start over."
             )
         return None
-
-    def _set_aside(self, step: int) -> None:
-        """Renames a bad step directory out of Orbax's view (process 0; shared file system)."""
-        path = pathlib.Path(self.latest.directory) / str(step)
-        aside = path.with_name(f"{step}.incomplete-{int(time.time())}")
-        multihost.on_process0(lambda: path.rename(aside), f"renaming {path} aside")
 
     def best_accuracy(self) -> float | None:
         """Validation accuracy of the best checkpoint, if one exists."""
@@ -133,10 +131,6 @@ class Checkpoints:
             return None
         args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
         return step, self.best.restore(step, args=args).params
-
-    def wait(self) -> None:
-        """Blocks until pending async saves are on disk."""
-        self.latest.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending saves, then closes the managers."""

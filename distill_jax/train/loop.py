@@ -218,7 +218,7 @@ class _Run:
                 if preempted or done == stop_at_step:
                     if saved_step != done:
                         self.save(done, force=True)
-                    self.ckpts.wait()
+                    self.ckpts.latest.wait_until_finished()
                     return done
         return None
 
@@ -228,7 +228,7 @@ class _Run:
         if self.start_step < self.config.train.max_steps:
             self.save(final_step, force=True)
             self.validate(final_step)
-        self.ckpts.wait()
+        self.ckpts.latest.wait_until_finished()
         best = self.ckpts.restore_best(self.ms.abstract_state.params)
         best_step, test_params = best if best is not None else (final_step, self.state.params)
         return {
@@ -259,7 +259,7 @@ class _Run:
         """Stops the run when the loss is NaN or inf, keeping the last good checkpoint."""
         loss = float(jax.device_get(metrics["loss"])) if metrics is not None else 0.0
         if not np.isfinite(loss):
-            self.ckpts.wait()
+            self.ckpts.latest.wait_until_finished()
             raise TrainingDiverged(
                 f"loss became {loss} at step {step}; stopping without saving it. The last good "
                 f"checkpoint (step {self.ckpts.latest.latest_step()}) is kept in "
