@@ -97,16 +97,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         inner = e.args[0] if e.args and isinstance(e.args[0], BaseException) else e
         text = str(inner.args[0]) if inner.args else str(inner)  # KeyError's text, unquoted
         field = re.match(r"'([^']*)'", text)
-        culprit = next(
-            (
-                arg.split("=", 1)[0]
-                for arg in argv[1:]
-                if arg.startswith("--config.")
-                and field
-                and field.group(1) in arg.split("=", 1)[0].split(".")
-            ),
-            None,
-        )
+        overrides = [arg.split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
+        culprit = next((o for o in overrides if field and field.group(1) in o.split(".")), None)
         if culprit is None:  # not an override: e.g. a bug in the config file itself
             raise
         detail = "; ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -2,39 +2,32 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
-from typing import Any
 
 import jax
 import ml_collections
 
 from distill_jax import config_check, predictor, sharding
+from distill_jax.data.json_records import SyntaxProblem, scan_json
 from distill_jax.errors import UserError
 from distill_jax.model import ct2_export, hf_io
-from distill_jax.train import checkpoint, evaluate, logger, model_setup, setup
-from distill_jax.train.state import make_optimizer
+from distill_jax.train import checkpoint, evaluate, logger, setup
 
 
 def run_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, int]:
     """Writes the final records of every split to <workdir>/data/<split>.jsonl; returns counts."""
     config_check.validate(config)
     splits = setup.load_records(config, workdir)
-    counts = {}
-    out_dir = workdir / "data"
     for split, records in splits.items():
-        rows = [dict(r) for r in records]
-        evaluate.write_predictions(out_dir / f"{split}.jsonl", rows)
-        counts[split] = len(rows)
-    return counts
+        evaluate.write_predictions(workdir / "data" / f"{split}.jsonl", [dict(r) for r in records])
+    return {split: len(records) for split, records in splits.items()}
 
 
 def load_params(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     """(ModelSetup, params, step): the workdir's best-validation checkpoint, else its latest
     train state (a run stopped before its first validation), else `model.from_pretrained`."""
     config_check.validate(config)
-    tx = make_optimizer(config.train)
-    ms = model_setup.build(config, workdir, None, tx)
+    ms = setup.build(config, workdir, None)
     ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False)
     try:
         with sharding.activate(ms.mesh):
@@ -60,7 +53,8 @@ def load_params(config: ml_collections.ConfigDict, workdir: pathlib.Path):
 def load_predictor(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     """(Predictor, step) of the model `load_params` picks, with the config's settings."""
     ms, params, step = load_params(config, workdir)
-    return predictor.from_config(config, params, ms.model_cfg, ms.tokenizer, ms.mesh), step
+    settings = predictor.Settings.from_config(config)
+    return predictor.Predictor(params, ms.model_cfg, ms.tokenizer, ms.mesh, settings), step
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, float]:
@@ -68,25 +62,14 @@ def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[s
     splits = setup.load_records(config, workdir)
     pred, step = load_predictor(config, workdir)
     writer = logger.MetricsWriter(workdir, tensorboard=False)
-    results = {}
-    for split in ("valid", "test"):
-        acc, rows = evaluate.evaluate_split(
-            pred,
-            None,
-            split,
-            splits[split],
-            dataset=config.data.name,
-            max_examples=config.eval.max_examples,
-        )
-        evaluate.write_predictions(workdir / "predictions" / f"{split}_{step}.jsonl", rows)
-        writer.write({"step": step, "split": split, "accuracy": acc, "examples": len(rows)})
-        results[split] = acc
-    writer.close()
-    return results
+    return {
+        split: evaluate.score_split(pred, None, split, splits[split], step, config, workdir, writer)
+        for split in ("valid", "test")
+    }
 
 
 def read_inputs(path: str) -> list[str]:
-    """Inputs from a JSON array or JSON Lines of {"input": ...} objects."""
+    """Inputs from a JSON array or JSON Lines of {"input": ...} objects (line numbers in errors)."""
     p = pathlib.Path(path)
     if not p.is_file():
         raise UserError(f"--input={path}: no such file.")
@@ -94,26 +77,15 @@ def read_inputs(path: str) -> list[str]:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"--input={path}: not UTF-8 text ({e}).") from None
-    stripped = text.lstrip()
-    items: list[tuple[int, Any]] = []
-    if stripped.startswith("["):
-        try:
-            items = [(0, obj) for obj in json.loads(text)]
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {e.lineno}: invalid JSON ({e.msg}).") from None
-    else:
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}: line {lineno}: invalid JSON ({e.msg}).") from None
     inputs = []
-    for i, (lineno, obj) in enumerate(items):
-        where = f"line {lineno}" if lineno else f"record {i}"
-        if not isinstance(obj, dict) or not isinstance(obj.get("input"), str):
-            raise UserError(f"{path}: {where}: expected an object with a string field 'input'.")
-        inputs.append(obj["input"])
+    for item in scan_json(text):
+        if isinstance(item, SyntaxProblem):
+            raise UserError(f"{path}: line {item.line}: {item.message}.")
+        if not isinstance(item.value, dict) or not isinstance(item.value.get("input"), str):
+            raise UserError(
+                f"{path}: line {item.line}: expected an object with a string field 'input'."
+            )
+        inputs.append(item.value["input"])
     return inputs
 
 
@@ -123,7 +95,7 @@ def run_predict(config, workdir: pathlib.Path, input_path: str, output_path: str
         raise UserError("--mode=predict needs --output=FILE.")
     inputs = read_inputs(input_path)
     pred, _ = load_predictor(config, workdir)
-    rows = predictor.prediction_rows(inputs, pred.predict(inputs))
+    rows = [{"input": x, **r} for x, r in zip(inputs, pred.predict(inputs), strict=True)]
     evaluate.write_predictions(pathlib.Path(output_path), rows)
     return len(rows)
 

@@ -28,12 +28,16 @@ def process0_says(value: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(value))))
 
 
-def on_process0(fn: Callable[[], T], what: str) -> T | None:
-    """Runs `fn` on process 0 only; every process returns once it has finished (a barrier).
+def on_every_process(ok: bool) -> bool:
+    """Whether `ok` holds on every process (all must call it: a collective)."""
+    if jax.process_count() == 1:
+        return bool(ok)
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(ok)))))
 
-    Returns `fn()`'s result on process 0 and None elsewhere. An exception in `fn` is raised on
-    process 0 and, as a UserError naming `what`, on the others, so no process waits forever.
-    """
+
+def on_process0(fn: Callable[[], T], what: str) -> T | None:
+    """`fn()` on process 0 (None elsewhere), every process returning once it has finished (a
+    barrier); an exception in `fn` is raised there and, as a UserError naming `what`, elsewhere."""
     result, error = None, None
     if jax.process_index() == 0:
         try:

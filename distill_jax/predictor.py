@@ -1,11 +1,7 @@
-"""The one prediction path: texts -> prefixed token ids -> length buckets -> greedy decoding ->
-texts. Evaluation, `--mode=predict` and `--mode=serve` all call `Predictor`.
-
-Inputs are tokenized into an `EvalSet` (task prefix from `data/features.py: PREFIXES`, truncated
-to `data.max_input_length`, ending with EOS), cut into global batches of `batch_size` rows padded
-to `bucket_length` of their longest input, decoded by `decode.greedy_decode` and detokenized.
-With several processes every process passes the same inputs, feeds its own rows of each global
-batch, and gets all outputs back.
+"""The one prediction path: texts -> prefixed token ids (`EvalSet`) -> global batches padded
+to length buckets -> greedy decoding -> texts. Evaluation, `--mode=predict` and `--mode=serve`
+all call `Predictor`. With several processes every process passes the same inputs, feeds its
+own rows of each global batch, and gets all outputs back.
 """
 
 from __future__ import annotations
@@ -13,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import ml_collections
@@ -55,12 +50,8 @@ class Settings:
 
 
 class Predictor:
-    """Greedy predictions of one model (params, config, tokenizer, mesh) under `Settings`.
-
-    `params` may be replaced per call (evaluation during training passes the current state's);
-    tokenized inputs can be kept under a key (an eval split) so that each split is tokenized
-    once per run. `decode_calls` counts greedy-decode calls (the server reports it).
-    """
+    """Greedy predictions of one model under `Settings`; `params` may be replaced per call (the
+    trainer passes its current ones), inputs under a `cache_key` are tokenized once per run."""
 
     def __init__(
         self,
@@ -75,6 +66,8 @@ class Predictor:
         self.tokenizer = tokenizer
         self.mesh = mesh
         self.settings = settings
+        self._rows = NamedSharding(mesh, P(sharding.BATCH_AXES, None))  # [rows, length] inputs
+        self._row_multiple = sharding.batch_axis_size(mesh)  # global batches are a multiple
         self.decode_calls = 0
         # (rows, length, max_len) of every decode so far; a new one means a compilation.
         self.decoded_shapes: set[tuple[int, int, int]] = set()
@@ -97,22 +90,16 @@ class Predictor:
         s = self.settings
         return s.rationale_max_len if task == "explain" else s.gen_max_len
 
-    def row_multiple(self) -> int:
-        """Global batches are a multiple of the devices on the batch axes."""
-        return sharding.batch_axis_size(self.mesh)
-
     def encode(self, inputs: Sequence[str], task: str, cache_key: str | None = None) -> EvalSet:
         """Tokenized, prefixed `inputs`; kept under (cache_key, task) when a key is given."""
-        key = (cache_key, task)
-        if cache_key is not None and key in self._cache:
-            cached = self._cache[key]
-            if len(cached) == len(inputs):
-                return cached
+        cached = self._cache.get((cache_key, task))  # never stored under cache_key None
+        if cached is not None and len(cached) == len(inputs):
+            return cached
         evalset = EvalSet(
             list(inputs), self.tokenizer, task=task, max_input_length=self.settings.max_input_length
         )
         if cache_key is not None:
-            self._cache[key] = evalset
+            self._cache[cache_key, task] = evalset
         return evalset
 
     def generate(
@@ -127,16 +114,15 @@ class Predictor:
         params = self.params if params is None else params
         max_len = self.max_len(task)
         outputs: list[str] = [""] * len(evalset)
-        row_sharding = NamedSharding(self.mesh, P(sharding.BATCH_AXES, None))
         with sharding.activate(self.mesh):
             for batch in evalset.batches(
                 batch_size or self.settings.batch_size,
-                row_multiple=self.row_multiple(),
+                row_multiple=self._row_multiple,
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
             ):
                 local = batch["encoder_input_tokens"]  # [local_rows, length]
-                tokens = jax.make_array_from_process_local_data(row_sharding, local)
+                tokens = jax.make_array_from_process_local_data(self._rows, local)
                 out = self._decode(params, tokens, max_len)  # [global_rows, max_len]
                 out = np.asarray(multihost_utils.process_allgather(out, tiled=True))
                 for row, index in enumerate(batch["global_indices"]):
@@ -161,11 +147,8 @@ class Predictor:
         cache_key: str | None = None,
         batch_size: int | None = None,
     ) -> list[dict[str, str]]:
-        """Rows {'label'[, 'rationale']} for raw `inputs` (the task prefix is added here).
-
-        `rationale` (default: settings.output_rationale) adds the `explain:` output; it is
-        ignored for 'standard' models, which have no explain task.
-        """
+        """Rows {'label'[, 'rationale']} for raw `inputs` (the task prefix is added here);
+        `rationale` (default: settings.output_rationale) is ignored for 'standard' models."""
         if rationale is None:
             rationale = self.settings.output_rationale
         kw = dict(params=params, batch_size=batch_size)
@@ -189,7 +172,7 @@ class Predictor:
 
     def row_buckets(self, extra: Sequence[int] = ()) -> list[int]:
         """Batch sizes a server decodes: `extra` and batch_size, rounded up to the row multiple."""
-        m = self.row_multiple()
+        m = self._row_multiple
         top = -(-self.settings.batch_size // m) * m
         return sorted({min(top, -(-max(int(r), 1) // m) * m) for r in extra} | {top})
 
@@ -197,30 +180,14 @@ class Predictor:
         """Compiles greedy decoding for every (rows, length bucket, task); returns how many."""
         if jax.process_count() > 1:
             raise UserError("warm_up is for single-process serving")
-        row_sharding = NamedSharding(self.mesh, P(sharding.BATCH_AXES, None))
-        n = 0
+        lengths = self.length_buckets()
+        shapes = [(r, n, self.max_len(t)) for t in tasks for r in row_buckets for n in lengths]
         with sharding.activate(self.mesh):
-            for task in tasks:
-                for rows in row_buckets:
-                    for length in self.length_buckets():
-                        tokens = np.zeros((rows, length), np.int32)  # [rows, length]
-                        tokens[:, 0] = self.tokenizer.eos_id  # lone EOS: decoding exits early
-                        tokens = jax.device_put(tokens, row_sharding)
-                        max_len = self.max_len(task)
-                        out = decode.greedy_decode(self.params, self.model_cfg, tokens, max_len)
-                        jax.block_until_ready(out)
-                        self.decoded_shapes.add((rows, length, max_len))
-                        n += 1
-        return n
-
-
-def from_config(
-    config: ml_collections.ConfigDict, params, model_cfg: T5Config, tokenizer: Tokenizer, mesh
-) -> Predictor:
-    """A Predictor with the settings of `config`."""
-    return Predictor(params, model_cfg, tokenizer, mesh, Settings.from_config(config))
-
-
-def prediction_rows(inputs: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[dict]:
-    """{'input', 'label'[, 'rationale']} rows, as --mode=predict writes them."""
-    return [{"input": x, **r} for x, r in zip(inputs, rows, strict=True)]
+            for rows, length, max_len in shapes:
+                tokens = np.zeros((rows, length), np.int32)  # [rows, length]
+                tokens[:, 0] = self.tokenizer.eos_id  # lone EOS: decoding exits early
+                tokens = jax.device_put(tokens, self._rows)
+                out = decode.greedy_decode(self.params, self.model_cfg, tokens, max_len)
+                jax.block_until_ready(out)
+                self.decoded_shapes.add((rows, length, max_len))
+        return len(shapes)

@@ -6,10 +6,12 @@ import json
 import pathlib
 from typing import Any
 
-import jax
+import ml_collections
+from absl import logging
 
 from distill_jax import metrics
 from distill_jax.predictor import Predictor
+from distill_jax.train import logger
 
 
 def evaluate_split(
@@ -21,31 +23,40 @@ def evaluate_split(
     dataset: str,
     max_examples: int = 0,
 ) -> tuple[float, list[dict[str, Any]]]:
-    """(accuracy, prediction rows) of the label task on `records` with `params`.
-
-    The split's inputs are tokenized on the first call and kept by the predictor (under
-    `split`), so evaluating it again in the same run does not re-tokenize.
-    """
+    """(accuracy, prediction rows) of the label task on `records` with `params`; the inputs are
+    tokenized once per run (the predictor keeps them under `split`)."""
     if max_examples:
         records = records[:max_examples]
-    inputs = [r["input"] for r in records]
-    outputs = predictor.predict(inputs, params=params, cache_key=split)
+    outputs = predictor.predict([r["input"] for r in records], params=params, cache_key=split)
     rows = [
         {"input": r["input"], **out, "reference": r["label"]}
         for r, out in zip(records, outputs, strict=True)
     ]
     labels = [out["label"] for out in outputs]
-    accuracy = metrics.accuracy(labels, [r["label"] for r in records], dataset)
-    return accuracy, rows
+    return metrics.accuracy(labels, [r["label"] for r in records], dataset), rows
+
+
+def score_split(
+    predictor: Predictor,
+    params,
+    split: str,
+    records: list[dict[str, Any]],
+    step: int,
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    writer: logger.MetricsWriter,
+) -> float:
+    """`evaluate_split` at `step`, with predictions/<split>_<step>.jsonl and a metrics row."""
+    acc, rows = evaluate_split(
+        predictor, params, split, records,
+        dataset=config.data.name, max_examples=config.eval.max_examples,
+    )  # fmt: skip
+    write_predictions(workdir / "predictions" / f"{split}_{step}.jsonl", rows)
+    writer.write({"step": step, "split": split, "accuracy": acc, "examples": len(rows)})
+    logging.info("step %d: %s accuracy %.4f on %d examples", step, split, acc, len(rows))
+    return acc
 
 
 def write_predictions(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
     """JSON Lines, written atomically by process 0."""
-    if jax.process_index() != 0:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    logger.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

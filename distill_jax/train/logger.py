@@ -1,4 +1,5 @@
-"""Where metrics go: metrics.jsonl, TensorBoard and a PNG of the curves (process 0 only)."""
+"""Where metrics and result files go: metrics.jsonl, TensorBoard, a PNG of the curves and
+files written atomically (process 0 only)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,7 @@ class MetricsWriter:
         if not self.enabled or not self.path.exists():
             return
         rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(self.path)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write(self, row: dict[str, Any]) -> None:
         """One JSON object per line; scalars also to TensorBoard under '<split>/<name>'."""
@@ -54,6 +53,16 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file, on process 0 only."""
+    if jax.process_index() != 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _plain(v):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import json
 import pathlib
 import signal
@@ -15,15 +16,14 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from distill_jax import config_check, predictor, sharding
+from distill_jax import config_check, multihost, predictor, sharding
 from distill_jax.data import packing, pipeline, sources
 from distill_jax.errors import UserError
-from distill_jax.train import checkpoint, evaluate, logger, model_setup, perf, setup
-from distill_jax.train.state import learning_rate_schedule, make_optimizer
+from distill_jax.train import checkpoint, evaluate, logger, perf, setup
+from distill_jax.train.state import learning_rate_schedule
 from distill_jax.train.step import jit_train_step
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped early, rerun the same command to resume"
@@ -33,32 +33,22 @@ class TrainingDiverged(UserError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks at step boundaries."""
+@contextlib.contextmanager
+def _sigterm_flag():
+    """An event that SIGTERM sets; the loop checks it at step boundaries."""
+    flag = threading.Event()
 
-    requested, _previous = False, None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
+    def handle(signum, frame):
         logging.warning("SIGTERM received: saving a checkpoint at the next step, then exiting")
-        self.requested = True
+        flag.set()
 
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def agreed(self, at_sync_point: bool) -> bool:
-        """Whether to stop now; with several processes all must agree, so only at sync points."""
-        if jax.process_count() == 1:
-            return self.requested
-        if not at_sync_point:
-            return False
-        flags = multihost_utils.process_allgather(np.asarray(self.requested))
-        return bool(np.any(flags))
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, handle) if main else None
+    try:
+        yield flag
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _prefetch(batches, steps: range, batch_sharding, meter: perf.Throughput, depth: int = 2):
@@ -82,32 +72,20 @@ def _prefetch(batches, steps: range, batch_sharding, meter: perf.Throughput, dep
             yield step, batch
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-    """<workdir>/config.json: the resolved config, written atomically by process 0."""
-    if jax.process_index() != 0:
-        return
-    tmp = workdir / "config.json.tmp"
-    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    tmp.replace(workdir / "config.json")
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
     *,
     stop_at_step: int | None = None,
 ) -> dict:
-    """Trains per `config` in `workdir`, resuming from its latest checkpoint if any.
-
-    Returns the summary (also written to <workdir>/summary.json), including
-    'preempted': True when SIGTERM (or `stop_at_step`, a scripted interruption used by tests)
-    stopped the run early after saving a checkpoint.
-    """
+    """Trains per `config` in `workdir`, resuming from its latest checkpoint if any; returns the
+    summary (also in <workdir>/summary.json), with 'preempted': True when SIGTERM (or
+    `stop_at_step`, a scripted interruption for tests) stopped the run after a checkpoint."""
     t_start = time.time()
     run = _Run(config, pathlib.Path(workdir))
-    with sharding.activate(run.ms.mesh), _Preemption() as preemption:
+    with sharding.activate(run.ms.mesh), _sigterm_flag() as sigterm:
         run.compile_ahead()
-        stopped = run.train(preemption, stop_at_step)
+        stopped = run.train(sigterm, stop_at_step)
         summary = {"preempted": True, "step": stopped} if stopped else run.finish()
     run.ckpts.close()
     run.writer.close()
@@ -115,8 +93,7 @@ def train_and_evaluate(
         return summary
     logger.plot_curves(run.workdir)
     summary["wall_time_s"] = round(time.time() - t_start, 1)
-    if jax.process_index() == 0:
-        (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    logger.write_atomic(run.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
     logging.info("summary: %s", summary)
     return summary
 
@@ -128,11 +105,12 @@ class _Run:
         """Config, records, model, train batches, checkpoints and the (restored) state."""
         config_check.validate(config)
         workdir.mkdir(parents=True, exist_ok=True)
-        write_config(config, workdir)
+        resolved = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+        logger.write_atomic(workdir / "config.json", resolved)
         self.config, self.workdir = config, workdir
         splits = setup.load_records(config, workdir)
         t = config.train
-        self.ms = ms = model_setup.build(config, workdir, splits["train"], make_optimizer(t))
+        self.ms = ms = setup.build(config, workdir, splits["train"])
         self.cost = perf.cost_model(ms.model_cfg, jax.default_backend())
         self.train_data = pipeline.TrainIterator(
             splits["train"],
@@ -155,7 +133,7 @@ class _Run:
         self.ckpts = checkpoint.Checkpoints(
             workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
         )
-        self.state, self.start_step, data_state = model_setup.initial_state(ms, self.ckpts)
+        self.state, self.start_step, data_state = setup.initial_state(ms, self.ckpts)
         if data_state is not None:
             self.train_data.set_state(data_state)
         self.writer = writer = logger.MetricsWriter(workdir, tensorboard=config.logging.tensorboard)
@@ -172,20 +150,11 @@ class _Run:
         self.meter = perf.Throughput(t.batch_size)
         self.steps: dict[int, Any] = {}  # rows per micro-batch -> compiled train step
         self.metrics = None  # the last step's, on device
-
-        evaluator = predictor.from_config(config, None, ms.model_cfg, ms.tokenizer, ms.mesh)
-
-        def run_eval(params, split: str, step: int) -> float:
-            acc, rows = evaluate.evaluate_split(
-                evaluator, params, split, splits[split],
-                dataset=config.data.name, max_examples=config.eval.max_examples,
-            )  # fmt: skip
-            evaluate.write_predictions(workdir / "predictions" / f"{split}_{step}.jsonl", rows)
-            writer.write({"step": step, "split": split, "accuracy": acc, "examples": len(rows)})
-            logging.info("step %d: %s accuracy %.4f on %d examples", step, split, acc, len(rows))
-            return acc
-
-        self.run_eval = run_eval
+        settings = predictor.Settings.from_config(config)
+        evaluator = predictor.Predictor(None, ms.model_cfg, ms.tokenizer, ms.mesh, settings)
+        self.run_eval = lambda params, split, step: evaluate.score_split(
+            evaluator, params, split, splits[split], step, config, workdir, writer
+        )
 
     def compile_ahead(self) -> None:
         """Compiles the step for every row count the run uses, before step 1: plans are pure
@@ -210,44 +179,47 @@ class _Run:
         for rows in data.shapes:
             batch = pipeline.empty_batch(t.grad_steps, rows, *lengths)
             compiled = step_fn.lower(self.state, jax.tree.map(abstract, batch), self.rng).compile()
-            checkpoint.log_memory(compiled)
-            self.meter.set_flops(perf.compiled_flops(compiled), rows)
+            perf.log_memory(compiled)
+            self.meter.flops[rows] = perf.compiled_flops(compiled)
             self.steps[rows] = compiled
 
-    def train(self, preemption: _Preemption, stop_at_step: int | None) -> int | None:
+    def train(self, sigterm: threading.Event, stop_at_step: int | None) -> int | None:
         """Steps to train.max_steps; returns the step it stopped (and saved) at if preempted."""
         c, t, start = self.config, self.config.train, self.start_step
-        progress = perf.progress_bar(c.logging.progress_bar, initial=start, total=t.max_steps)
         saved_step = start
         self.meter.reset()
         steps = range(start, t.max_steps)
-        for step, batch in _prefetch(self.train_data, steps, self.batch_sharding, self.meter):
-            rows = batch["encoder_input_tokens"].shape[1]
-            self.state, self.metrics = self.steps[rows](self.state, batch, self.rng)
-            self.meter.count(rows)
-            done = step + 1
-            at_log = done % t.log_every == 0 or done == t.max_steps
-            if at_log:
-                metrics = jax.device_get(self.metrics)
-                self.check_finite(metrics, done)
-                row = {"step": done, **perf.train_row(metrics), **self.meter.report()}
-                self.writer.write(row)
-                progress.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.1f}")
-            progress.update(1)
-            if done % t.eval_steps == 0 and done < t.max_steps:
-                self.validate(done)
-                self.meter.reset()
-            at_save = done % c.checkpoint.every_steps == 0
-            if at_save and done < t.max_steps:
-                self.save(done)
-                saved_step = done
-            if preemption.agreed(at_sync_point=at_log or at_save) or done == stop_at_step:
-                if saved_step != done:
-                    self.save(done, force=True)
-                self.ckpts.wait()
-                progress.close()
-                return done
-        progress.close()
+        batches = _prefetch(self.train_data, steps, self.batch_sharding, self.meter)
+        with perf.progress_bar(c.logging.progress_bar, initial=start, total=t.max_steps) as bar:
+            for step, batch in batches:
+                rows = batch["encoder_input_tokens"].shape[1]
+                self.state, self.metrics = self.steps[rows](self.state, batch, self.rng)
+                self.meter.count(rows)
+                done = step + 1
+                at_log = done % t.log_every == 0 or done == t.max_steps
+                if at_log:
+                    metrics = jax.device_get(self.metrics)
+                    self.check_finite(metrics, done)
+                    row = {"step": done, **{k: float(v) for k, v in metrics.items()}}
+                    row.update(self.meter.report())
+                    self.writer.write(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.1f}")
+                bar.update(1)
+                if done % t.eval_steps == 0 and done < t.max_steps:
+                    self.validate(done)
+                    self.meter.reset()
+                at_save = done % c.checkpoint.every_steps == 0
+                if at_save and done < t.max_steps:
+                    self.save(done)
+                    saved_step = done
+                # With several processes all must agree to stop, so they ask at sync points only.
+                sync = jax.process_count() == 1 or at_log or at_save
+                preempted = sync and not multihost.on_every_process(not sigterm.is_set())
+                if preempted or done == stop_at_step:
+                    if saved_step != done:
+                        self.save(done, force=True)
+                    self.ckpts.latest.wait_until_finished()
+                    return done
         return None
 
     def finish(self) -> dict:
@@ -256,8 +228,8 @@ class _Run:
         if self.start_step < self.config.train.max_steps:
             self.save(final_step, force=True)
             self.validate(final_step)
-        self.ckpts.wait()
-        best = self.ckpts.restore_best(checkpoint.abstract_like(self.state.params))
+        self.ckpts.latest.wait_until_finished()
+        best = self.ckpts.restore_best(self.ms.abstract_state.params)
         best_step, test_params = best if best is not None else (final_step, self.state.params)
         return {
             "best_valid_accuracy": self.best,
@@ -287,9 +259,9 @@ class _Run:
         """Stops the run when the loss is NaN or inf, keeping the last good checkpoint."""
         loss = float(jax.device_get(metrics["loss"])) if metrics is not None else 0.0
         if not np.isfinite(loss):
-            self.ckpts.wait()
+            self.ckpts.latest.wait_until_finished()
             raise TrainingDiverged(
                 f"loss became {loss} at step {step}; stopping without saving it. The last good "
-                f"checkpoint (step {self.ckpts.latest_step()}) is kept in "
+                f"checkpoint (step {self.ckpts.latest.latest_step()}) is kept in "
                 f"{self.workdir / 'checkpoints'}; lower train.lr or check the data."
             )

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import jax
+from absl import logging
 from tqdm import tqdm
 
 # Dense bf16 peak FLOP/s per device (vendor figures).
@@ -39,30 +40,40 @@ def compiled_flops(compiled) -> float | None:
         cost = compiled.cost_analysis()
     except Exception:
         return None
-    if isinstance(cost, list | tuple):
+    if isinstance(cost, list | tuple):  # one dict per computation in some JAX versions
         cost = cost[0] if cost else None
-    if not cost or "flops" not in cost:
-        return None
-    return float(cost["flops"])
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def log_memory(compiled) -> None:
+    """Prints the compiled step's memory analysis (per device), where the backend has one."""
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        mem = None
+    if mem is not None:
+        gib = 1 / 2**30
+        logging.info(
+            "train step memory per device: args %.3f GiB, outputs %.3f GiB, temps %.3f GiB, "
+            "code %.3f GiB",
+            mem.argument_size_in_bytes * gib,
+            mem.output_size_in_bytes * gib,
+            mem.temp_size_in_bytes * gib,
+            mem.generated_code_size_in_bytes * gib,
+        )
 
 
 class Throughput:
-    """Examples/s (and MFU where the peak is known) between two log points.
-
-    Timing is wall clock between host syncs: the row is written after `device_get`, so the
-    interval covers real device work, not just dispatch.
-    """
+    """Examples/s (and MFU where the peak is known) between two log points: wall clock between
+    host syncs (`device_get`), so an interval covers real device work, not just dispatch."""
 
     def __init__(self, examples_per_step: int):
         self.examples_per_step = examples_per_step
-        self._flops: dict[Any, float | None] = {}
+        self.flops: dict[Any, float | None] = {}  # FLOPs of one step, per batch shape
         self._peak = peak_flops_per_device()
         self._total_steps = 0
         self._total_time = 0.0
         self.reset()
-
-    def set_flops(self, flops: float | None, shapes) -> None:
-        self._flops[shapes] = flops
 
     def reset(self) -> None:
         """Starts a new interval (after compilation or evaluation, which are not training)."""
@@ -78,7 +89,7 @@ class Throughput:
 
     def count(self, shapes) -> None:
         self._steps += 1
-        self._flop_count += self._flops.get(shapes) or 0.0
+        self._flop_count += self.flops.get(shapes) or 0.0
 
     def report(self) -> dict[str, float]:
         """Rates over the interval since the last report; starts the next interval."""
@@ -98,11 +109,6 @@ class Throughput:
         if not self._total_time:
             return None
         return round(self._total_steps * self.examples_per_step / self._total_time, 2)
-
-
-def train_row(metrics: dict[str, Any]) -> dict[str, float]:
-    """The train row of metrics.jsonl from fetched step metrics."""
-    return {k: float(v) for k, v in metrics.items()}
 
 
 def progress_bar(enabled: bool, *, initial: int, total: int):
@@ -140,10 +146,9 @@ class CostModel:
 
 def cost_model(model_config: Any, platform: str) -> CostModel:
     """The cost model of `model_config` (T5Config dims) on `platform` ('cpu', 'gpu', 'tpu')."""
-    cpu = platform == "cpu"
     balance = attention_length(model_config)
     return CostModel(
-        attention_length=balance / CPU_ATTENTION_COST if cpu else balance,
+        attention_length=balance / CPU_ATTENTION_COST if platform == "cpu" else balance,
         compile_steps=COMPILE_COST_STEPS.get(platform, ACCELERATOR_COMPILE_COST_STEPS),
     )
 

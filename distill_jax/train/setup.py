@@ -1,4 +1,5 @@
-"""Turning a config into what the trainer needs: records, tokenizer, model config, dtype."""
+"""Turning a config into what the trainer needs: records, tokenizer, model config, mesh, and
+the initial (fresh, pretrained or restored) train state."""
 
 from __future__ import annotations
 
@@ -9,14 +10,27 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import optax
 from absl import logging
+from jax.sharding import Mesh
 
-from distill_jax import multihost
+from distill_jax import config_check, multihost, sharding
 from distill_jax.data import builder, sources
 from distill_jax.errors import UserError
 from distill_jax.model import config as model_config
+from distill_jax.model import hf_io
+from distill_jax.model.t5 import T5
 from distill_jax.tokenizer import Tokenizer
+from distill_jax.train.checkpoint import Checkpoints
+from distill_jax.train.state import (
+    TrainState,
+    abstract_train_state,
+    init_train_state,
+    make_optimizer,
+    state_from_params,
+)
 
 TOKENIZER_DIR = "tokenizer"
 # data.* fields read after the records are prepared (tokenisation, packing, where they live).
@@ -30,28 +44,16 @@ TOKENIZATION_FIELDS = (
 )
 
 
-def compute_dtype(name: str) -> str:
-    """'auto' means bf16 compute on GPU/TPU and float32 on CPU."""
-    if name != "auto":
-        return name
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
-def data_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """What the prepared records depend on: the data config, the seed, and the raw files'
-    contents (sha256, `builder.file_fingerprint`): a copied or touched file reuses the
-    prepared data, any edit rebuilds it, even one that keeps the size and mtime."""
+def load_records(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
+    """Processed records per split, prepared once into the data dir and reused; keyed by the
+    data config, the seed and the raw files' contents (sha256: a copied or touched file reuses
+    the prepared data, any edit rebuilds it, even one that keeps the size and mtime)."""
+    out_dir = pathlib.Path(config.data.prepared_dir or workdir / "prepared")
     data = config.data.to_dict()
     for key in TOKENIZATION_FIELDS:
         data.pop(key, None)  # tokenisation-time settings don't change the records
     files = builder.file_fingerprint(sources.raw_files(config.data))
-    return {"data": data, "seed": config.seed, "files": files}
-
-
-def load_records(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
-    """Processed records per split, prepared once into the data dir and reused."""
-    out_dir = pathlib.Path(config.data.prepared_dir or workdir / "prepared")
-    fingerprint = data_fingerprint(config)
+    fingerprint = {"data": data, "seed": config.seed, "files": files}
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     return builder.prepare(
         lambda: sources.load_splits(config.data, config.seed),
@@ -61,11 +63,8 @@ def load_records(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
 
 
 def load_tokenizer(config, workdir: pathlib.Path, train_records, pretrained_dir) -> Tokenizer:
-    """The pretrained model's tokenizer, or a SentencePiece vocabulary trained on the data.
-
-    A trained vocabulary is saved in the workdir and reused on resume, so ids never change
-    under a checkpoint.
-    """
+    """The pretrained model's tokenizer, or a SentencePiece vocabulary trained on the data and
+    saved in the workdir (reused on resume, so ids never change under a checkpoint)."""
     if pretrained_dir is not None:
         return Tokenizer.from_dir(pretrained_dir)
     tok_dir = workdir / TOKENIZER_DIR
@@ -95,16 +94,17 @@ def _train_tokenizer(train_records, vocab_size: int, tok_dir: pathlib.Path) -> N
 
 def build_model_config(config, tokenizer: Tokenizer, pretrained_cfg=None):
     """The T5Config to train: the pretrained one, or the preset sized to our vocabulary."""
-    dtype = compute_dtype(config.dtype)
     m = config.model
-    if pretrained_cfg is not None:
-        cfg = pretrained_cfg
-    else:
-        cfg = model_config.get_preset(m.preset)
+    cfg = pretrained_cfg
+    if cfg is None:
         # Round the embedding up to a multiple of 128: TPU/GPU friendly, and spare rows are inert.
-        cfg = dataclasses.replace(cfg, vocab_size=-(-tokenizer.vocab_size // 128) * 128)
+        vocab_size = -(-tokenizer.vocab_size // 128) * 128
+        cfg = dataclasses.replace(model_config.get_preset(m.preset), vocab_size=vocab_size)
+    dtype = config.dtype
+    if dtype == "auto":  # bf16 compute on GPU/TPU, float32 on CPU
+        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     overrides = dict(dtype=dtype, scan_layers=m.scan_layers, remat_policy=m.remat_policy)
-    overrides["attention"] = m.get("attention", "xla")
+    overrides["attention"] = m.attention
     if m.dropout_rate is not None:
         overrides["dropout_rate"] = float(m.dropout_rate)
     if cfg.vocab_size < tokenizer.vocab_size:
@@ -113,3 +113,73 @@ def build_model_config(config, tokenizer: Tokenizer, pretrained_cfg=None):
             f"{tokenizer.vocab_size} pieces."
         )
     return dataclasses.replace(cfg, **overrides)
+
+
+@dataclasses.dataclass
+class ModelSetup:
+    """What the trainer, `predict` and `export` share."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    model: T5
+    model_cfg: model_config.T5Config
+    tokenizer: Tokenizer
+    tx: optax.GradientTransformation
+    abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
+    state_shardings: TrainState
+    init_params_fn: Any
+    pretrained_params: Any  # host numpy params, or None when training from scratch
+
+
+def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, train_records) -> ModelSetup:
+    """Resolves tokenizer, model config and mesh; traces (never allocates) the state."""
+    pretrained_dir = pretrained_cfg = pretrained_params = None
+    if config.model.from_pretrained:
+        pretrained_dir = hf_io.resolve_pretrained(config.model.from_pretrained)
+        pretrained_cfg, pretrained_params = hf_io.load_pretrained(
+            str(pretrained_dir), scan_layers=config.model.scan_layers
+        )
+    tokenizer = load_tokenizer(config, workdir, train_records, pretrained_dir)
+    model_cfg = build_model_config(config, tokenizer, pretrained_cfg)
+    config_check.validate_model(config, model_cfg)  # the mesh against the model's dims
+    model = T5(model_cfg)
+    mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+
+    def init_params_fn(rng):
+        tokens = jnp.ones((1, 8), jnp.int32)
+        return model.init({"params": rng}, tokens, tokens)["params"]  # boxed
+
+    tx = make_optimizer(config.train)
+    with sharding.activate(mesh):
+        abstract, shardings = abstract_train_state(
+            init_params_fn, tx, mesh, jax.random.key(config.seed)
+        )
+    n = sum(x.size for x in jax.tree.leaves(abstract.params))
+    logging.info("model: %s, %.1fM parameters, mesh %s", model_cfg, n / 1e6, dict(mesh.shape))
+    return ModelSetup(
+        config,
+        mesh,
+        model,
+        model_cfg,
+        tokenizer,
+        tx,
+        abstract,
+        shardings,
+        init_params_fn,
+        pretrained_params,
+    )
+
+
+def initial_state(ms: ModelSetup, ckpts: Checkpoints) -> tuple[TrainState, int, dict | None]:
+    """(state, first step, data-iterator state): the latest checkpoint if any, else pretrained
+    or random weights (and no iterator state)."""
+    with sharding.activate(ms.mesh):
+        restored = ckpts.restore_latest(ms.abstract_state)
+        if restored is not None:
+            latest, state, data_state = restored
+            logging.info("resumed from step %d", latest)
+            return state, latest, data_state
+        if ms.pretrained_params is not None:
+            return state_from_params(ms.pretrained_params, ms.tx, ms.state_shardings), 0, None
+        rng = jax.random.key(ms.config.seed)
+        return init_train_state(ms.init_params_fn, ms.tx, ms.state_shardings, rng), 0, None

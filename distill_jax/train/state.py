@@ -54,27 +54,8 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
     return optax.chain(optax.clip_by_global_norm(train_cfg.max_grad_norm), opt)
 
 
-def opt_state_shardings(tx, abstract_opt_state, abstract_params, params_shardings, mesh: Mesh):
-    """Shards each optimizer leaf like the parameter it mirrors; replicates the rest.
-
-    `optax.tree_map_params` finds the parameter-shaped subtrees of the state (Adam's moments,
-    Adafactor's v_row/v_col/v). A leaf there gets its parameter's sharding when it has the
-    parameter's shape; Adafactor's factored moments (row/column vectors) are small and are
-    replicated, as are counts and other non-parameter leaves.
-    """
-    replicated = sharding.replicated(mesh)
-
-    def like_param(leaf, param, param_sharding):
-        return param_sharding if leaf.shape == param.shape else replicated
-
-    return optax.tree_map_params(
-        tx,
-        like_param,
-        abstract_opt_state,
-        abstract_params,
-        params_shardings,
-        transform_non_params=lambda _: replicated,
-    )
+def _fresh_state(params, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
 def abstract_train_state(
@@ -86,7 +67,9 @@ def abstract_train_state(
     """(abstract state, state shardings), derived by tracing only: nothing is allocated.
 
     `init_params_fn(rng)` returns boxed (logically partitioned) params; their logical axis
-    names and `sharding.LOGICAL_AXIS_RULES` decide every shard.
+    names and `sharding.LOGICAL_AXIS_RULES` decide every shard. An optimizer leaf that mirrors
+    a parameter (`optax.tree_map_params`: Adam's moments, Adafactor's v) and has its shape gets
+    its sharding; Adafactor's factored row/column moments, counts and the rest are replicated.
     """
     abstract_boxed = jax.eval_shape(init_params_fn, rng)
     params_shardings = sharding.tree_shardings_from_boxed(mesh, abstract_boxed)
@@ -95,12 +78,18 @@ def abstract_train_state(
         abstract_boxed,
         is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
     )
-    shardings = state_shardings_for(tx, abstract_params, params_shardings, mesh)
-    abstract = TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32),
-        params=abstract_params,
-        opt_state=jax.eval_shape(tx.init, abstract_params),
+    abstract = jax.eval_shape(lambda p: _fresh_state(p, tx), abstract_params)
+    replicated = sharding.replicated(mesh)
+    like_param = lambda leaf, param, s: s if leaf.shape == param.shape else replicated
+    opt_shardings = optax.tree_map_params(
+        tx,
+        like_param,
+        abstract.opt_state,
+        abstract_params,
+        params_shardings,
+        transform_non_params=lambda _: replicated,
     )
+    shardings = TrainState(step=replicated, params=params_shardings, opt_state=opt_shardings)
     return sharding.with_sharding(abstract, shardings), shardings
 
 
@@ -111,22 +100,8 @@ def init_train_state(
     rng: jax.Array,
 ) -> TrainState:
     """A randomly initialised TrainState, created directly in its shards by a jitted init."""
-
-    def init(rng):
-        params = nn.meta.unbox(init_params_fn(rng))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
+    init = lambda rng: _fresh_state(nn.meta.unbox(init_params_fn(rng)), tx)
     return jax.jit(init, out_shardings=shardings)(rng)
-
-
-def state_shardings_for(tx, abstract_params, params_shardings, mesh: Mesh) -> TrainState:
-    """Shardings of a TrainState whose params have `params_shardings`."""
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    return TrainState(
-        step=sharding.replicated(mesh),
-        params=params_shardings,
-        opt_state=opt_state_shardings(tx, abstract_opt, abstract_params, params_shardings, mesh),
-    )
 
 
 def state_from_params(
@@ -134,13 +109,4 @@ def state_from_params(
 ) -> TrainState:
     """A fresh TrainState around given (e.g. pretrained, host-resident) params, sharded."""
     params = jax.device_put(params, state_shardings.params)
-
-    def init(params):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-    return jax.jit(init, out_shardings=state_shardings)(params)
-
-
-def count_params(params) -> int:
-    """Total number of parameters."""
-    return sum(int(x.size) for x in jax.tree.leaves(params))
+    return jax.jit(lambda p: _fresh_state(p, tx), out_shardings=state_shardings)(params)

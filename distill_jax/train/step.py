@@ -1,12 +1,4 @@
-"""The objective (docs/architecture.md, section 4) and the jitted train step (gradient
-accumulation inside).
-
-For a global batch of N examples, packed into rows and split into micro-batches:
-
-    label_loss     = sum of CE over all label target tokens     / number of label tokens
-    rationale_loss = sum of CE over all rationale target tokens / number of rationale tokens
-    loss = alpha * label_loss + (1 - alpha) * rationale_loss     (task_prefix)
-    loss = label_loss                                            (standard)
+"""The objective (docs/architecture.md, section 4) and the jitted train step.
 
 The token counts are summed over the whole batch *before* the forward passes, so each
 micro-batch contributes `its CE sum / global count`: the accumulated loss and gradient equal
@@ -51,11 +43,8 @@ def mix_losses(label_sum, rationale_sum, n_label, n_rationale, alpha: float, mod
 
 
 def loss_and_grads(model, params, batch: Batch, rng, *, alpha, model_type, enable_dropout=True):
-    """Objective and its gradient over all micro-batches of `batch`.
-
-    Returns (loss, label_loss, rationale_loss, grads); micro-batches run sequentially under
-    `lax.scan`, so activation memory is that of one micro-batch.
-    """
+    """(loss, label_loss, rationale_loss, grads) over the micro-batches of `batch`, run one after
+    another under `lax.scan` (so activation memory is that of one micro-batch)."""
     n_label = batch["label_weights"].sum()
     n_rationale = batch["rationale_weights"].sum()
 
@@ -67,20 +56,16 @@ def loss_and_grads(model, params, batch: Batch, rng, *, alpha, model_type, enabl
         return loss, (label_sum, rationale_sum)
 
     grad_fn = jax.value_and_grad(micro_objective, has_aux=True)
-    num_micro = batch["encoder_input_tokens"].shape[0]
 
-    def body(carry, xs):
+    def body(carry, xs):  # carry: (summed grads, (label CE sum, rationale CE sum))
         index, micro = xs
-        (loss, sums), grads = grad_fn(params, micro, jax.random.fold_in(rng, index))
-        acc_grads, acc_sums = carry
-        acc_grads = jax.tree.map(jnp.add, acc_grads, grads)
-        return (acc_grads, (acc_sums[0] + sums[0], acc_sums[1] + sums[1])), None
+        (_, sums), grads = grad_fn(params, micro, jax.random.fold_in(rng, index))
+        return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     init = (zeros, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)))
-    (grads, (label_sum, rationale_sum)), _ = jax.lax.scan(
-        body, init, (jnp.arange(num_micro), batch)
-    )
+    indices = jnp.arange(batch["encoder_input_tokens"].shape[0])  # one per micro-batch
+    (grads, (label_sum, rationale_sum)), _ = jax.lax.scan(body, init, (indices, batch))
     loss, label_loss, rationale_loss = mix_losses(
         label_sum, rationale_sum, n_label, n_rationale, alpha, model_type
     )
