@@ -110,7 +110,7 @@ def run(argv) -> int:
     """Dispatches --mode; returns the process exit status."""
     del argv
     from distill_jax import modes
-    from distill_jax.train import loop
+    from distill_jax.train import loop, setup
 
     # Orbax logs every save step at INFO; keep the console for our own progress.
     logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
@@ -119,6 +119,8 @@ def run(argv) -> int:
     workdir = pathlib.Path(_WORKDIR.value) if _WORKDIR.value else default_workdir(config)
     mode = _MODE.value
     logging.info("mode=%s workdir=%s", mode, workdir)
+    if mode in ("train", "eval", "predict", "serve"):
+        setup.use_compilation_cache(config, workdir)
     if mode == "train":
         summary = loop.train_and_evaluate(config, workdir)
         if summary.get("preempted"):

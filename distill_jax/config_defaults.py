@@ -23,6 +23,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # the reference's --run: data subsampling, shuffling, init, dropout
     c.dtype = "auto"  # 'auto' (bf16 compute on GPU/TPU, float32 on CPU) | 'float32' | 'bfloat16'
+    # JAX's persistent compilation cache in <workdir>/compile_cache, so a resume or a restarted
+    # server loads its compiled programs instead of compiling again (JAX_COMPILATION_CACHE_DIR,
+    # if set, is used instead)
+    c.compilation_cache = True
 
     c.data = d = ml_collections.ConfigDict()
     d.name = "cqa"  # 'cqa' | 'esnli' | 'anli1' | 'svamp' | 'asdiv' | 'generic'

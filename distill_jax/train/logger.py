@@ -11,6 +11,8 @@ from typing import Any
 
 import jax
 
+from distill_jax import files
+
 
 class MetricsWriter:
     """Appends rows to <workdir>/metrics.jsonl and mirrors scalars to TensorBoard."""
@@ -56,13 +58,9 @@ class MetricsWriter:
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file, on process 0 only."""
-    if jax.process_index() != 0:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """`files.atomic_write` on process 0 only (every process computes the same text)."""
+    if jax.process_index() == 0:
+        files.atomic_write(path, text)
 
 
 def _plain(v):

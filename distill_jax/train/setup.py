@@ -33,6 +33,7 @@ from distill_jax.train.state import (
 )
 
 TOKENIZER_DIR = "tokenizer"
+COMPILE_CACHE_DIR = "compile_cache"
 # data.* fields read after the records are prepared (tokenisation, packing, where they live).
 TOKENIZATION_FIELDS = (
     "prepared_dir",
@@ -183,3 +184,15 @@ def initial_state(ms: ModelSetup, ckpts: Checkpoints) -> tuple[TrainState, int, 
             return state_from_params(ms.pretrained_params, ms.tx, ms.state_shardings), 0, None
         rng = jax.random.key(ms.config.seed)
         return init_train_state(ms.init_params_fn, ms.tx, ms.state_shardings, rng), 0, None
+
+
+def use_compilation_cache(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """Points JAX's persistent compilation cache at <workdir>/compile_cache (config field
+    `compilation_cache`), unless a cache directory is already set (JAX_COMPILATION_CACHE_DIR).
+
+    A resume then loads the compiled train step and decoders from disk instead of compiling
+    them again (BENCHMARKS.md, start-up). Only process 0 writes entries (JAX's rule), so a
+    workdir shared by several hosts is safe.
+    """
+    if config.compilation_cache and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(workdir / COMPILE_CACHE_DIR))
