@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,32 @@ def scan_json(text: str) -> list[Value | SyntaxProblem]:
             break
         pos = nxt
     return out
+
+
+def iter_records(
+    path: Path,
+    check: Callable[[Any], Any] | None = None,
+    hint: str = "",
+    skipped: list[str] | None = None,
+) -> Iterator[tuple[int, int, Any]]:
+    """(line, record number, record) for each top-level value of the file at `path`: the value,
+    or what `check(value)` makes of it. A syntax problem, or the message (a str) `check` returns
+    for a bad value, is a UserError `{path}, line N[ (record K)]: ...{hint}` or, given a
+    `skipped` list, appended to it."""
+    number = 0
+    for item in scan_json(read_utf8(path)):
+        if isinstance(item, SyntaxProblem):
+            problem = f"{path}, line {item.line}: {item.message}"
+        else:
+            number += 1
+            record = item.value if check is None else check(item.value)
+            if check is None or not isinstance(record, str):
+                yield item.line, number, record
+                continue
+            problem = f"{path}, line {item.line} (record {number}): {record}"
+        if skipped is None:
+            raise UserError(problem + hint)
+        skipped.append(problem)
 
 
 def type_name(value: Any) -> str:

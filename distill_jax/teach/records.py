@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_jax.data import generic, sources
-from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json, type_name
+from distill_jax.data.json_records import iter_records, type_name
 from distill_jax.errors import UserError
 
 INPUTS_FILE = "batch_inputs.jsonl"  # the records of a batch export, read again by its import
@@ -44,14 +44,7 @@ def read_records(path: str | Path) -> list[Record]:
     """Records of a JSON array, JSON Lines or concatenated objects file; UserError naming the
     file, line and field of the first bad one."""
     path = Path(path)
-    records = []
-    for item in scan_json(read_utf8(path)):
-        if isinstance(item, SyntaxProblem):
-            raise UserError(f"{path}, line {item.line}: {item.message}")
-        checked = _check(item.value)
-        if isinstance(checked, str):
-            raise UserError(f"{path}, line {item.line} (record {len(records) + 1}): {checked}")
-        records.append(checked)
+    records = [r for _, _, r in iter_records(path, _check)]
     if not records:
         raise UserError(f"{path}: no records (expected objects with a field 'input')")
     return records
