@@ -22,17 +22,18 @@ FIELDS = ("input", "label", "rationale")
 OPTIONAL = ("llm_label",)  # the teacher's label, where the records carry it
 
 
-def check_record(value: Any) -> dict[str, str] | str:
-    """The record `{input, label, rationale}` built from `value`, or what is wrong with it."""
+def check_record(
+    value: Any, required: tuple[str, ...] = FIELDS, optional: tuple[str, ...] = OPTIONAL
+) -> dict[str, str] | str:
+    """The record of `value`'s `required` and (where present) `optional` fields, each a
+    non-empty string, or what is wrong with it."""
     if not isinstance(value, dict):
-        return (
-            f"the record is a JSON {type_name(value)}, expected an object with the fields "
-            f"{', '.join(FIELDS)}"
-        )
+        want = f"the fields {', '.join(required)}" if len(required) > 1 else f"'{required[0]}'"
+        return f"the record is a JSON {type_name(value)}, expected an object with {want}"
     record = {}
-    for field in FIELDS + OPTIONAL:
+    for field in required + optional:
         if field not in value:
-            if field in OPTIONAL:
+            if field in optional:
                 continue
             return f"missing field '{field}'"
         text = value[field]

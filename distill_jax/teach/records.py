@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_jax.data import generic, sources
-from distill_jax.data.json_records import iter_records, type_name
+from distill_jax.data.json_records import iter_records
 from distill_jax.errors import UserError
 
 INPUTS_FILE = "batch_inputs.jsonl"  # the records of a batch export, read again by its import
@@ -24,20 +24,12 @@ class Record:
 
 
 def _check(value: Any) -> Record | str:
-    if not isinstance(value, dict):
-        return f"the record is a JSON {type_name(value)}, expected an object with 'input'"
-    fields = {}
-    for name in ("input", "label", "rationale"):
-        text = value.get(name)
-        if text is None and name != "input":
-            continue
-        if not isinstance(text, str):
-            got = "nothing" if text is None else f"a JSON {type_name(text)}"
-            return f"field '{name}' must be a string, got {got}"
-        if not text.strip():
-            return f"field '{name}' is empty"
-        fields[name] = text
-    return Record(**fields)
+    if isinstance(value, dict):  # batch_inputs.jsonl holds a record's missing fields as null
+        value = {k: v for k, v in value.items() if v is not None}
+        if "input" not in value:
+            return "field 'input' must be a string, got nothing"
+    checked = generic.check_record(value, ("input",), ("label", "rationale"))
+    return checked if isinstance(checked, str) else Record(**checked)
 
 
 def read_records(path: str | Path) -> list[Record]:
