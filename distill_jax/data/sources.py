@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from distill_jax import metrics
+from distill_jax import config_defaults, metrics
 from distill_jax.data import generic, parsers
 from distill_jax.data.json_records import iter_records, read_utf8, type_name
 from distill_jax.errors import UserError
 
-SUPPORTED = {"cqa", "esnli", "anli1", "svamp", "asdiv", "generic"}
+SUPPORTED = frozenset(config_defaults.DATASETS)
 NLI_SEPARATOR = "</s>"  # the reference joins premise and hypothesis with T5's eos_token text
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 SPLITS = ("train", "valid", "test")
