@@ -1,9 +1,9 @@
 """Reading JSON record files with line numbers: a JSON array, JSON Lines, or JSON objects one
 after another (pretty-printed, as the healthcare fork's generic files are).
 
-Every value comes with the line it starts on (`file, line N` in messages). Syntax errors are
-returned, not raised, so callers can fail on the first or skip it: the scanner resumes at the
-next line starting with `{`, where the next record starts in all three layouts.
+Every value comes with the line it starts on (`file, line N` in messages). `scan_json` returns
+syntax errors, not raises them, so `iter_records` can fail on the first or skip it: the scanner
+resumes at the next line starting with `{`, where the next record starts in all three layouts.
 """
 
 from __future__ import annotations
