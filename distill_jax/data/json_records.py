@@ -129,10 +129,9 @@ def iter_records(
     hint: str = "",
     skipped: list[str] | None = None,
 ) -> Iterator[tuple[int, int, Any]]:
-    """(line, record number, record) for each top-level value of the file at `path`: the value,
-    or what `check(value)` makes of it. A syntax problem, or the message (a str) `check` returns
-    for a bad value, is a UserError `{path}, line N[ (record K)]: ...{hint}` or, given a
-    `skipped` list, appended to it."""
+    """(line, record number, record) of each top-level value of `path`: the value, or what
+    `check` makes of it. A syntax problem, or a bad value (`check` returns what is wrong, a str),
+    is a UserError `{path}, line N[ (record K)]: ...{hint}` or, given `skipped`, appended to it."""
     number = 0
     for line, value, syntax in scan_json(read_utf8(path)):
         if syntax is not None:
