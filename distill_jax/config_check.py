@@ -18,7 +18,7 @@ import ml_collections
 from flax import linen as nn
 
 from distill_jax import sharding
-from distill_jax.data import sources
+from distill_jax.data import features, sources
 from distill_jax.errors import UserError
 from distill_jax.model import config as model_config
 
@@ -62,7 +62,7 @@ def _at_least(low: int, fields: str, why: str = "") -> list[Rule]:
 
 TRAIN_RULES = [
     ("alpha", lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
-    _choice("model_type", ("task_prefix", "standard")),
+    _choice("model_type", features.MODEL_TYPES),
     *_at_least(1, "batch_size grad_steps max_steps eval_steps log_every"),
     ("optimizer", lambda v: v.lower() in ("adamw", "adafactor"), "use 'adamw' or 'adafactor'"),
     ("lr", lambda v: v > 0, "the learning rate must be positive"),

@@ -15,24 +15,25 @@ from typing import Any
 
 from absl import logging
 
-from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json, type_name
+from distill_jax.data.json_records import iter_records, type_name
 from distill_jax.errors import UserError
 
 FIELDS = ("input", "label", "rationale")
 OPTIONAL = ("llm_label",)  # the teacher's label, where the records carry it
 
 
-def check_record(value: Any) -> dict[str, str] | str:
-    """The record `{input, label, rationale}` built from `value`, or what is wrong with it."""
+def check_record(
+    value: Any, required: tuple[str, ...] = FIELDS, optional: tuple[str, ...] = OPTIONAL
+) -> dict[str, str] | str:
+    """The record of `value`'s `required` and (where present) `optional` fields, each a
+    non-empty string, or what is wrong with it."""
     if not isinstance(value, dict):
-        return (
-            f"the record is a JSON {type_name(value)}, expected an object with the fields "
-            f"{', '.join(FIELDS)}"
-        )
+        want = f"the fields {', '.join(required)}" if len(required) > 1 else f"'{required[0]}'"
+        return f"the record is a JSON {type_name(value)}, expected an object with {want}"
     record = {}
-    for field in FIELDS + OPTIONAL:
+    for field in required + optional:
         if field not in value:
-            if field in OPTIONAL:
+            if field in optional:
                 continue
             return f"missing field '{field}'"
         text = value[field]
@@ -52,22 +53,12 @@ def read_generic_file(path: str | Path, skip_bad_records: bool = False) -> tuple
     path = Path(path)
     records: list[dict] = []
     problems: list[str] = []
-    number = 0  # 1-based index of the record (top-level value) in the file
     first: dict[bool, tuple[int, int]] = {}  # has llm_label -> (line, record) of the first
-    for item in scan_json(read_utf8(path)):
-        if isinstance(item, SyntaxProblem):
-            problem = f"{path}, line {item.line}: {item.message}"
-        else:
-            number += 1
-            checked = check_record(item.value)
-            if isinstance(checked, dict):
-                records.append(checked)
-                first.setdefault("llm_label" in checked, (item.line, number))
-                continue
-            problem = f"{path}, line {item.line} (record {number}): {checked}"
-        if not skip_bad_records:
-            raise UserError(problem + " (set data.skip_bad_records=True to skip bad records)")
-        problems.append(problem)
+    hint = " (set data.skip_bad_records=True to skip bad records)"
+    skipped = problems if skip_bad_records else None
+    for line, number, record in iter_records(path, check_record, hint, skipped):
+        records.append(record)
+        first.setdefault("llm_label" in record, (line, number))
     if len(first) == 2:
         (line, record), (with_line, with_record) = first[False], first[True]
         raise UserError(

@@ -1,16 +1,16 @@
 """Reading JSON record files with line numbers: a JSON array, JSON Lines, or JSON objects one
 after another (pretty-printed, as the healthcare fork's generic files are).
 
-Every value comes with the line it starts on (`file, line N` in messages). Syntax errors are
-returned, not raised, so callers can fail on the first or skip it: the scanner resumes at the
-next line starting with `{`, where the next record starts in all three layouts.
+Every value comes with the line it starts on (`file, line N` in messages). `scan_json` returns
+syntax errors, not raises them, so `iter_records` can fail on the first or skip it: the scanner
+resumes at the next line starting with `{`, where the next record starts in all three layouts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +19,6 @@ from distill_jax.errors import UserError
 _DECODER = json.JSONDecoder()
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _NEXT_RECORD = re.compile(r"\n[ \t\r]*\{")  # a line starting (after blanks) with '{'
-
-
-@dataclasses.dataclass(frozen=True)
-class Value:
-    """One top-level JSON value (a record, if it is an object) and the line it starts on."""
-
-    line: int
-    value: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class SyntaxProblem:
-    """Text that is not valid JSON, at `line`."""
-
-    line: int
-    message: str
 
 
 def read_utf8(path: Path) -> str:
@@ -87,20 +71,20 @@ class _Scanner:
         return None if match is None else match.end() - 1
 
 
-def _problem(scanner: _Scanner, err: json.JSONDecodeError, truncated: bool) -> SyntaxProblem:
+def _problem(sc: _Scanner, err: json.JSONDecodeError, truncated: bool) -> tuple[int, None, str]:
     # json's messages read "Expecting ',' delimiter" or "Unterminated string starting at".
     where = f" column {err.colno}" if err.msg.endswith(" at") else f" (column {err.colno})"
     message = f"invalid JSON: {err.msg}{where}"
     if truncated:
         message += " (the file ends inside this record: is it truncated?)"
-    return SyntaxProblem(scanner.line_of(err.pos), message)
+    return sc.line_of(err.pos), None, message
 
 
-def scan_json(text: str) -> list[Value | SyntaxProblem]:
-    """All top-level values of `text` in order, with syntax problems where they occur: the
-    elements of a JSON array (`[` first), else a stream of values separated by whitespace."""
+def scan_json(text: str) -> Iterator[tuple[int, Any, str | None]]:
+    """(line, value, None) for each top-level value of `text` in order, (line, None, problem)
+    for each syntax problem: the elements of a JSON array (`[` first), else a stream of values
+    separated by whitespace."""
     sc = _Scanner(text)
-    out: list[Value | SyntaxProblem] = []
     pos = sc.skip_ws(0)
     in_array = text.startswith("[", pos)
     if in_array:
@@ -113,10 +97,10 @@ def scan_json(text: str) -> list[Value | SyntaxProblem]:
         if isinstance(result, json.JSONDecodeError):
             nxt = sc.resync(pos)
             unclosed = not in_array or not text.rstrip().endswith("]")
-            out.append(_problem(sc, result, truncated=nxt is None and unclosed))
+            yield _problem(sc, result, truncated=nxt is None and unclosed)
         else:
             value, end = result
-            out.append(Value(sc.line_of(pos), value))
+            yield sc.line_of(pos), value, None
             pos = sc.skip_ws(end)
             if not in_array:
                 continue
@@ -126,18 +110,42 @@ def scan_json(text: str) -> list[Value | SyntaxProblem]:
             if text.startswith("]", pos):
                 pos = sc.skip_ws(pos + 1)
                 if pos < len(text):
-                    out.append(SyntaxProblem(sc.line_of(pos), "extra data after the JSON array"))
+                    yield sc.line_of(pos), None, "extra data after the JSON array"
                 break
             if pos >= len(text):
                 problem = "the JSON array is not closed with ']' (is the file truncated?)"
             else:
                 problem = "expected ',' or ']' after a record in the JSON array"
-            out.append(SyntaxProblem(sc.line_of(pos), problem))
+            yield sc.line_of(pos), None, problem
             nxt = sc.resync(pos)
         if nxt is None:
             break
         pos = nxt
-    return out
+
+
+def iter_records(
+    path: Path,
+    check: Callable[[Any], Any] | None = None,
+    hint: str = "",
+    skipped: list[str] | None = None,
+) -> Iterator[tuple[int, int, Any]]:
+    """(line, record number, record) of each top-level value of `path`: the value, or what
+    `check` makes of it. A syntax problem, or a bad value (`check` returns what is wrong, a str),
+    is a UserError `{path}, line N[ (record K)]: ...{hint}` or, given `skipped`, appended to it."""
+    number = 0
+    for line, value, syntax in scan_json(read_utf8(path)):
+        if syntax is not None:
+            problem = f"{path}, line {line}: {syntax}"
+        else:
+            number += 1
+            record = value if check is None else check(value)
+            if check is None or not isinstance(record, str):
+                yield line, number, record
+                continue
+            problem = f"{path}, line {line} (record {number}): {record}"
+        if skipped is None:
+            raise UserError(problem + hint)
+        skipped.append(problem)
 
 
 def type_name(value: Any) -> str:

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from distill_jax import metrics
+from distill_jax import config_defaults, metrics
 from distill_jax.data import generic, parsers
-from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json, type_name
+from distill_jax.data.json_records import iter_records, read_utf8, type_name
 from distill_jax.errors import UserError
 
-SUPPORTED = {"cqa", "esnli", "anli1", "svamp", "asdiv", "generic"}
+SUPPORTED = frozenset(config_defaults.DATASETS)
 NLI_SEPARATOR = "</s>"  # the reference joins premise and hypothesis with T5's eos_token text
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 SPLITS = ("train", "valid", "test")
@@ -113,18 +113,17 @@ def _read_rows(path: Path, name: str, data_dir: Path) -> list[dict]:
     """Formatted `{input, label}` rows of one reference JSON Lines file."""
     if not path.is_file():
         raise _missing(path, data_dir)
-    rows = []
-    for item in scan_json(read_utf8(path)):
-        if isinstance(item, SyntaxProblem):
-            raise UserError(f"{path}, line {item.line}: {item.message}")
+
+    def row(value: Any) -> dict | str:  # the formatted row, or what is wrong with the record
+        if not isinstance(value, dict):
+            return f"the record is a JSON {type_name(value)}, expected an object"
         try:
-            if not isinstance(item.value, dict):
-                raise _BadRow(f"the record is a JSON {type_name(item.value)}, expected an object")
-            text, label = _FORMATTERS[name](item.value)
+            text, label = _FORMATTERS[name](value)
         except _BadRow as e:
-            raise UserError(f"{path}, line {item.line} (record {len(rows) + 1}): {e}") from None
-        rows.append({"input": text, "label": label})
-    return rows
+            return str(e)
+        return {"input": text, "label": label}
+
+    return [r for _, _, r in iter_records(path, row)]
 
 
 def _svamp_from_source(path: Path) -> dict[str, list[dict]]:

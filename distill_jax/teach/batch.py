@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json
+from distill_jax.data.json_records import iter_records
 from distill_jax.errors import UserError
 from distill_jax.files import write_jsonl
 from distill_jax.teach.backends import ENDPOINTS, Answer, Request, completion_answer, request_body
@@ -40,20 +40,17 @@ def read_results(path: str | Path, api: str) -> list[Answer]:
     file and line of a line that is not a Batch result."""
     path = Path(path)
     answers = []
-    for item in scan_json(read_utf8(path)):
-        if isinstance(item, SyntaxProblem):
-            raise UserError(f"{path}, line {item.line}: {item.message}")
-        row = item.value
+    for line, _, row in iter_records(path):
         key = row.get("custom_id") if isinstance(row, dict) else None
         if not isinstance(key, str):
-            raise UserError(f"{path}, line {item.line}: not a Batch result (no 'custom_id')")
+            raise UserError(f"{path}, line {line}: not a Batch result (no 'custom_id')")
         resp = row.get("response") or {}
         status = resp.get("status_code")
         if status == 200:
             try:
                 answers.append(completion_answer(key, api, resp.get("body")))
             except ValueError as e:
-                raise UserError(f"{path}, line {item.line}: {e}") from None
+                raise UserError(f"{path}, line {line}: {e}") from None
         else:
             err = row.get("error") or (resp.get("body") or {}).get("error") or {}
             msg = err.get("message", err) if isinstance(err, dict) else err

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_jax.data import generic, sources
-from distill_jax.data.json_records import SyntaxProblem, read_utf8, scan_json, type_name
+from distill_jax.data.json_records import iter_records
 from distill_jax.errors import UserError
 
 INPUTS_FILE = "batch_inputs.jsonl"  # the records of a batch export, read again by its import
@@ -24,34 +24,19 @@ class Record:
 
 
 def _check(value: Any) -> Record | str:
-    if not isinstance(value, dict):
-        return f"the record is a JSON {type_name(value)}, expected an object with 'input'"
-    fields = {}
-    for name in ("input", "label", "rationale"):
-        text = value.get(name)
-        if text is None and name != "input":
-            continue
-        if not isinstance(text, str):
-            got = "nothing" if text is None else f"a JSON {type_name(text)}"
-            return f"field '{name}' must be a string, got {got}"
-        if not text.strip():
-            return f"field '{name}' is empty"
-        fields[name] = text
-    return Record(**fields)
+    if isinstance(value, dict):  # batch_inputs.jsonl holds a record's missing fields as null
+        value = {k: v for k, v in value.items() if v is not None}
+        if "input" not in value:
+            return "field 'input' must be a string, got nothing"
+    checked = generic.check_record(value, ("input",), ("label", "rationale"))
+    return checked if isinstance(checked, str) else Record(**checked)
 
 
 def read_records(path: str | Path) -> list[Record]:
     """Records of a JSON array, JSON Lines or concatenated objects file; UserError naming the
     file, line and field of the first bad one."""
     path = Path(path)
-    records = []
-    for item in scan_json(read_utf8(path)):
-        if isinstance(item, SyntaxProblem):
-            raise UserError(f"{path}, line {item.line}: {item.message}")
-        checked = _check(item.value)
-        if isinstance(checked, str):
-            raise UserError(f"{path}, line {item.line} (record {len(records) + 1}): {checked}")
-        records.append(checked)
+    records = [r for _, _, r in iter_records(path, _check)]
     if not records:
         raise UserError(f"{path}: no records (expected objects with a field 'input')")
     return records
