@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import jax
 import ml_collections
 
 from distill_jax import config_check, predictor, sharding
-from distill_jax.data.json_records import SyntaxProblem, scan_json
+from distill_jax.data.json_records import iter_records
 from distill_jax.errors import UserError
 from distill_jax.model import ct2_export, hf_io
 from distill_jax.train import checkpoint, evaluate, logger, setup
@@ -69,24 +70,17 @@ def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[s
 
 
 def read_inputs(path: str) -> list[str]:
-    """Inputs from a JSON array or JSON Lines of {"input": ...} objects (line numbers in errors)."""
-    p = pathlib.Path(path)
-    if not p.is_file():
+    """Inputs from a JSON array, JSON Lines or concatenated {"input": ...} objects (errors name
+    the line)."""
+    if not pathlib.Path(path).is_file():
         raise UserError(f"--input={path}: no such file.")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"--input={path}: not UTF-8 text ({e}).") from None
-    inputs = []
-    for item in scan_json(text):
-        if isinstance(item, SyntaxProblem):
-            raise UserError(f"{path}: line {item.line}: {item.message}.")
-        if not isinstance(item.value, dict) or not isinstance(item.value.get("input"), str):
-            raise UserError(
-                f"{path}: line {item.line}: expected an object with a string field 'input'."
-            )
-        inputs.append(item.value["input"])
-    return inputs
+
+    def check(value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("input"), str):
+            return value
+        return "expected an object with a string field 'input'"
+
+    return [record["input"] for _, _, record in iter_records(pathlib.Path(path), check)]
 
 
 def run_predict(config, workdir: pathlib.Path, input_path: str, output_path: str) -> int:

@@ -305,7 +305,7 @@ CLI_CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "predict-non-utf8-input": (
         ["--mode=predict", "--input={tmp}/latin1.json", "--output={tmp}/out.jsonl"],
-        ["latin1.json", "not UTF-8"],
+        ["latin1.json, line 1", "not valid UTF-8"],
     ),
     "eval-without-a-checkpoint": (["--mode=eval"], ["no trained tokenizer", "train in this"]),
 }
