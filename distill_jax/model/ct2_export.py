@@ -11,6 +11,8 @@ import os
 import pathlib
 import shutil
 
+import jax
+
 from distill_jax.errors import UserError
 from distill_jax.model import hf_io
 from distill_jax.model.config import T5Config
@@ -42,8 +44,6 @@ def export_ctranslate2(
 
     `quantization`: CTranslate2's weight type (None keeps float32; also settable at load time).
     """
-    import jax
-
     converter_cls = _converter()
     out = pathlib.Path(out_dir)
     work = hf_io.export_temp_dir(out, "model.bin", "CTranslate2 export")

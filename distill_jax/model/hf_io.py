@@ -96,15 +96,13 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
         size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(size))
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size)
+    header.pop("__metadata__", None)
     out = {}
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
         if info["dtype"] not in _SAFETENSORS_DTYPES:
             raise UserError(f"{path}: weight {name!r} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
-        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-        out[name] = data[start:end].view(dtype).reshape(info["shape"])
+        out[name] = data[start:end].view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
     return out
 
 
@@ -128,12 +126,9 @@ def _read_flax(path: pathlib.Path) -> dict[str, np.ndarray]:
     if set(tree) == {"params"}:
         tree = tree["params"]
     out = {}
-    for keys, value in traverse_util.flatten_dict(tree).items():
-        *prefix, leaf = keys
-        value = np.asarray(value)
-        if leaf == "kernel":
-            value = value.T
-        out[".".join([*prefix, "weight"])] = value
+    for key, value in traverse_util.flatten_dict(tree, sep=".").items():
+        prefix, leaf = key.rsplit(".", 1)
+        out[f"{prefix}.weight"] = np.asarray(value).T if leaf == "kernel" else np.asarray(value)
     return out
 
 
@@ -227,7 +222,7 @@ def _read_config(ckpt: pathlib.Path) -> T5Config:
         raise UserError(f"{path}: not a supported T5 config ({type(e).__name__}: {e})") from e
 
 
-def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[T5Config, dict]:
+def _convert(cfg: T5Config, state: dict[str, np.ndarray], source: str) -> tuple[T5Config, dict]:
     """PyTorch-named weights -> (config, our unscanned float32 params); checks names and shapes."""
     state = dict(state)
     embed_names = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
@@ -248,8 +243,8 @@ def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[
         elif not cfg.tie_word_embeddings and head is None:
             state["lm_head.weight"] = embed  # transformers 5 ties a missing head to `shared`
     flat: dict[tuple[str, ...], np.ndarray] = {}  # our param path -> weight
-    used = set()
-    for path, name, expected, shape in _layout(cfg):
+    layout = list(_layout(cfg))
+    for path, name, expected, shape in layout:
         if name not in state:
             raise UserError(
                 f"{source}: weight {name!r} is missing (does the checkpoint match config.json?)"
@@ -262,8 +257,7 @@ def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[
             )
         w = np.asarray(w, dtype=np.float32)  # bf16/fp16 upcast here
         flat[path] = np.ascontiguousarray(w if shape is None else w.T.reshape(shape))
-        used.add(name)
-    extra = sorted(set(state) - used - _IGNORED)
+    extra = sorted(set(state) - {name for _, name, _, _ in layout} - _IGNORED)
     if extra:
         more = f" and {len(extra) - 10} more" if len(extra) > 10 else ""
         warnings.warn(
@@ -273,12 +267,7 @@ def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[
 
 
 def load_pretrained(
-    name_or_path: str,
-    *,
-    scan_layers: bool = False,
-    remat_policy: str = "none",
-    dtype: str = "float32",
-    dropout_rate: float | None = None,
+    name_or_path: str, *, scan_layers: bool = False, dropout_rate: float | None = None
 ) -> tuple[T5Config, dict]:
     """Loads a HF T5 checkpoint (local dir or cached hub id) as (config, float32 numpy params).
 
@@ -286,14 +275,10 @@ def load_pretrained(
     `scan_layers`, in which case they are in the scanned form `T5` expects.
     """
     ckpt = resolve_pretrained(name_or_path)
-    cfg = _read_config(ckpt)
-    state, source = _read_weights(ckpt)
-    cfg, params = _convert(state, cfg, source)
-    del state
-    overrides = {"scan_layers": scan_layers, "remat_policy": remat_policy, "dtype": dtype}
+    cfg, params = _convert(_read_config(ckpt), *_read_weights(ckpt))
+    cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
     if dropout_rate is not None:
-        overrides["dropout_rate"] = dropout_rate
-    cfg = dataclasses.replace(cfg, **overrides)
+        cfg = dataclasses.replace(cfg, dropout_rate=dropout_rate)
     if scan_layers:
         params = scan_params(params, cfg)
     return cfg, params

@@ -126,10 +126,9 @@ class RelativePositionBias(nn.Module):
         max_exact = num_buckets // 2
         # Log-spaced buckets up to max_distance, in float32 like HF so boundaries agree exactly.
         log_ratio = jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+        max_distance = cfg.relative_attention_max_distance
         large = max_exact + (
-            log_ratio
-            / math.log(cfg.relative_attention_max_distance / max_exact)
-            * (num_buckets - max_exact)
+            log_ratio / math.log(max_distance / max_exact) * (num_buckets - max_exact)
         ).astype(jnp.int32)
         buckets += jnp.where(n < max_exact, n, jnp.minimum(large, num_buckets - 1))
         return jnp.take(table, buckets, axis=1)[None]  # [1, heads, q, k] float32
@@ -175,7 +174,6 @@ class Attention(nn.Module):
         kv_names = ("batch", "heads", "length", "kv") if heads_major else qkv_names
         keys = _constrain(keys_or_values("key"), kv_names)
         values = _constrain(keys_or_values("value"), kv_names)
-        k_len = keys.shape[2] if heads_major else keys.shape[1]
 
         if cfg.attention == "dot_product":
             if heads_major:  # the fused call takes [b, k, heads, kv]
@@ -188,7 +186,7 @@ class Attention(nn.Module):
             scores = jnp.einsum(f"bqhd,{kv}->bhqk", q, keys).astype(jnp.float32)  # [b,h,q,k]
             if bias is not None:
                 scores = scores + bias
-            dense = dense_mask(mask, self.causal, q.shape[1], k_len)
+            dense = dense_mask(mask, self.causal, *scores.shape[2:])  # q, k
             if dense is not None:
                 scores = jnp.where(dense, scores, NEG_INF)
             weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
@@ -229,8 +227,7 @@ class Layer(nn.Module):
     config: T5Config
     deterministic: bool
     decoder: bool = False
-    decode: bool = False
-    cache_length: int = 0
+    cache_length: int = 0  # > 0: decoding, with a self-attention KV cache of this many positions
     causal: bool = False  # self-attention adds the causal mask itself ('dot_product' training)
 
     @nn.compact
@@ -245,12 +242,12 @@ class Layer(nn.Module):
             return RMSNorm(eps, dtype, name=f"pre_{name}_layer_norm")(x)
 
         name = "self_attention" if self.decoder else "attention"
-        cache = "self" if self.decode else None
+        cache = "self" if self.cache_length else None
         self_attn = Attention(cfg, det, cache, self.cache_length, self.causal, name=name)
         y = norm(name, x)
         x = x + drop(self_attn(y, y, bias, mask, position), det)
         if self.decoder:
-            cache = "cross" if self.decode else None
+            cache = "cross" if self.cache_length else None
             cross_attn = Attention(cfg, det, cache, name="encoder_decoder_attention")
             x = x + drop(cross_attn(norm("cross_attention", x), encoded, None, cross_mask), det)
         x = x + drop(MLP(cfg, det, name="mlp")(norm("mlp", x)), det)
@@ -287,7 +284,7 @@ def _segment_mask(q_seg: Array, k_seg: Array) -> Array:
     return (same & (k_seg != 0)[:, None, :])[:, None]
 
 
-def _key_mask(tokens: Array, segment_ids: Array | None, fused: bool = False) -> Mask:
+def _key_mask(tokens: Array, segment_ids: Array | None, fused: bool) -> Mask:
     """Valid (non-padding) keys: dense [b, 1, 1, k], or for the fused path of unpacked rows
     (right-padded) the lengths, which cuDNN takes without folding them into the bias."""
     if fused and segment_ids is None:
@@ -342,21 +339,21 @@ class Decoder(nn.Module):
         creates with `max_decode_length` positions (default: this call's length); decoder
         segment ids are then ignored (rows are not packed).
         """
-        cfg, dtype, deterministic = self.config, jnp.dtype(self.config.dtype), not enable_dropout
+        cfg, dtype, det = self.config, jnp.dtype(self.config.dtype), not enable_dropout
         drop = Dropout(cfg.dropout_rate)
         length = dec_tokens.shape[1]
-        cache_len = max_decode_length or length
-        x = drop(self.shared(dec_tokens), deterministic)  # [b, l, embed]
+        x = drop(self.shared(dec_tokens), det)  # [b, l, embed]
         x = _constrain(x, ("batch", "length", "embed"))
         q_pos = jnp.arange(length)
         if decode:
+            cache_len = max_decode_length or length
             # The new tokens sit at [position, position + length) of a cache_len-long cache.
             pos_var = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
             position = pos_var.value
             pos_var.value = position + length
             q_pos, k_pos = q_pos + position, jnp.arange(cache_len)
         else:
-            position, k_pos = None, q_pos
+            cache_len, position, k_pos = 0, None, q_pos
         fused = cfg.attention == "dot_product"
         causal = (k_pos[None, :] <= q_pos[:, None])[None, None]  # [1, 1, l, k]
         cross_mask = _key_mask(enc_tokens, enc_seg, fused)  # [b, 1, 1, enc_len] or lengths
@@ -369,25 +366,19 @@ class Decoder(nn.Module):
         else:
             mask = Mask(dense=causal)
         bias = RelativePositionBias(cfg, False, name="relpos_bias")(q_pos, k_pos)
-        kwargs = {
-            "deterministic": deterministic,
-            "decoder": True,
-            "decode": decode,
-            "cache_length": cache_len,
-            "causal": self_causal,
-        }
+        kwargs = dict(deterministic=det, decoder=True, cache_length=cache_len, causal=self_causal)
         x = _run_layers(
             cfg, cfg.num_decoder_layers, kwargs, x, bias, mask, encoded, cross_mask, position
         )
-        x = drop(RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(x), deterministic)
+        x = drop(RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(x), det)
         if cfg.tie_word_embeddings:
             logits = self.shared.attend(x * (cfg.d_model**-0.5))  # v1.0 rescales before tying
         else:
-            shape, axes = (cfg.d_model, cfg.vocab_size), ("embed", "vocab")
             # Fan-in init (T5X) rather than HF's std 1.0: logits start near unit scale, so a
             # model trained from scratch starts at a loss of about ln(vocab).
+            shape, axes = (cfg.d_model, cfg.vocab_size), ("embed", "vocab")
             std = cfg.d_model**-0.5
-            logits = _proj(shape, axes, "bld,dv->blv", std, dtype, name="logits_dense")(x)
+            logits = _proj(shape, axes, "bld,dv->blv", std, dtype, "logits_dense")(x)
         return _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
