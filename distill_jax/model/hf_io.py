@@ -19,7 +19,10 @@ from collections.abc import Iterator
 import jax
 import ml_dtypes
 import numpy as np
-from flax import traverse_util
+from flax import serialization, traverse_util
+from flax.core import meta
+from jax.experimental import multihost_utils
+from safetensors.numpy import save_file
 
 from distill_jax.errors import UserError
 from distill_jax.model.config import T5Config, config_from_hf, config_to_hf
@@ -120,8 +123,6 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 def _read_flax(path: pathlib.Path) -> dict[str, np.ndarray]:
     """HF Flax names (`.../q/kernel` [in, out]) -> PyTorch names (`....q.weight` [out, in])."""
-    from flax import serialization
-
     tree = serialization.msgpack_restore(path.read_bytes())
     if set(tree) == {"params"}:
         tree = tree["params"]
@@ -163,11 +164,8 @@ def _read_weights(ckpt: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
 
 
 def _layout(cfg: T5Config) -> Iterator[tuple[tuple[str, ...], str, tuple, tuple | None]]:
-    """(our param path, HF PyTorch name, its shape, our shape) of every weight.
-
-    nn.Linear keeps [out, in] where our kernels are [in, out] (attention's split into heads);
-    our shape None: the same array in both.
-    """
+    """(our param path, HF PyTorch name, its shape, our shape or None for the same array) of every
+    weight: nn.Linear keeps [out, in] where our kernels are [in, out] (attention's by head)."""
     d, f, h, k = cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.d_kv
     vocab, buckets = cfg.vocab_size, cfg.relative_attention_num_buckets
     qkv = (h * k, d), (d, h, k)
@@ -269,11 +267,8 @@ def _convert(cfg: T5Config, state: dict[str, np.ndarray], source: str) -> tuple[
 def load_pretrained(
     name_or_path: str, *, scan_layers: bool = False, dropout_rate: float | None = None
 ) -> tuple[T5Config, dict]:
-    """Loads a HF T5 checkpoint (local dir or cached hub id) as (config, float32 numpy params).
-
-    `dropout_rate=None` keeps the checkpoint's value. Params are unboxed and unscanned unless
-    `scan_layers`, in which case they are in the scanned form `T5` expects.
-    """
+    """Loads a HF T5 checkpoint (local dir or cached hub id) as (config, float32 numpy params),
+    unboxed, scanned if `scan_layers`; `dropout_rate=None` keeps the checkpoint's value."""
     ckpt = resolve_pretrained(name_or_path)
     cfg, params = _convert(_read_config(ckpt), *_read_weights(ckpt))
     cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
@@ -290,21 +285,14 @@ def load_pretrained(
 def _to_numpy(x) -> np.ndarray:
     """A float32 host copy; arrays sharded over several hosts are gathered first."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         x = multihost_utils.process_allgather(x, tiled=True)
     return np.asarray(x, dtype=np.float32)
 
 
 def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokenizer) -> None:
     """Writes a HF T5 directory (config.json, model.safetensors, tokenizer files) atomically.
-
-    `params` may be boxed (nn.Partitioned), scanned, wrapped in {'params': ...} and sharded;
-    every process must call this (to gather), process 0 writes.
-    """
-    from flax.core import meta
-    from safetensors.numpy import save_file
-
+    `params` may be boxed, scanned, wrapped in {'params': ...} and sharded; every process must
+    call this (to gather), process 0 writes."""
     params = meta.unbox(params)
     if "shared" not in params and "params" in params:
         params = params["params"]

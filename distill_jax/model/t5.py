@@ -298,10 +298,10 @@ class Encoder(nn.Module):
     shared: Embed
 
     @nn.compact
-    def __call__(self, tokens, segment_ids, deterministic: bool) -> Array:
+    def __call__(self, tokens, segment_ids, det: bool) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         drop = Dropout(cfg.dropout_rate)
-        x = drop(self.shared(tokens), deterministic)  # [b, l, embed]
+        x = drop(self.shared(tokens), det)  # [b, l, embed]
         x = _constrain(x, ("batch", "length", "embed"))
         # Plain row positions: within a packed segment only differences matter.
         pos = jnp.arange(tokens.shape[1])
@@ -310,10 +310,9 @@ class Encoder(nn.Module):
             mask = _key_mask(tokens, None, cfg.attention == "dot_product")
         else:
             mask = Mask(dense=_segment_mask(segment_ids, segment_ids))
-        kwargs = {"deterministic": deterministic}
-        x = _run_layers(cfg, cfg.num_encoder_layers, kwargs, x, bias, mask)
+        x = _run_layers(cfg, cfg.num_encoder_layers, dict(deterministic=det), x, bias, mask)
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
-        return drop(x, deterministic)
+        return drop(x, det)
 
 
 class Decoder(nn.Module):
