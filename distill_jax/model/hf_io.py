@@ -58,9 +58,6 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-# --------------------------------------------------------------------------- locating a model
-
-
 def resolve_pretrained(name_or_path: str) -> pathlib.Path:
     """A local directory as is, else a hub id looked up through the local HF cache."""
     path = pathlib.Path(name_or_path).expanduser()
@@ -87,9 +84,6 @@ def resolve_pretrained(name_or_path: str) -> pathlib.Path:
         f"`huggingface-cli download {name_or_path}` on a machine with internet access, or set "
         "HF_HOME / HF_HUB_CACHE to the cache that holds it."
     )
-
-
-# --------------------------------------------------------------------------- reading weights
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -160,9 +154,6 @@ def _read_weights(ckpt: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
     )
 
 
-# --------------------------------------------------------------------------- name mapping
-
-
 def _layout(cfg: T5Config) -> Iterator[tuple[tuple[str, ...], str, tuple, tuple | None]]:
     """(our param path, HF PyTorch name, its shape, our shape or None for the same array) of every
     weight: nn.Linear keeps [out, in] where our kernels are [in, out] (attention's by head)."""
@@ -197,9 +188,6 @@ def _layout(cfg: T5Config) -> Iterator[tuple[tuple[str, ...], str, tuple, tuple 
         yield (stack, f"{stack}_norm", "scale"), f"{stack}.final_layer_norm.weight", (d,), None
     if not cfg.tie_word_embeddings:
         yield ("decoder", "logits_dense", "kernel"), "lm_head.weight", (vocab, d), (d, vocab)
-
-
-# --------------------------------------------------------------------------- import
 
 
 def _read_config(ckpt: pathlib.Path) -> T5Config:
@@ -279,9 +267,6 @@ def load_pretrained(
     return cfg, params
 
 
-# --------------------------------------------------------------------------- export
-
-
 def _to_numpy(x) -> np.ndarray:
     """A float32 host copy; arrays sharded over several hosts are gathered first."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
@@ -331,9 +316,8 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save(tmp)
         replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after a failure (replace_dir moved it otherwise)
 
 
 def export_temp_dir(out: pathlib.Path, marker: str, what: str) -> pathlib.Path:

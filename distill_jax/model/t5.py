@@ -17,10 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax.model.attention import Mask, dense_mask, fused_attention
+from distill_jax.model.attention import Array, Mask, dense_mask, fused_attention
 from distill_jax.model.config import T5Config
 
-Array = jax.Array
 # Large but finite: a fully masked row (padding) gets a uniform softmax instead of NaN.
 NEG_INF = -1e10
 
@@ -135,15 +134,15 @@ class RelativePositionBias(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention. `cache`: None (no cache), 'self' (append to a KV cache of
-    `cache_length` positions at `position`), or 'cross' (project the encoder output once).
+    """Multi-head attention. `cache_length` > 0: decoding with a cache, of keys/values
+    appended at `position` (self-attention) or, if `cross`, of the encoder output projected once.
     `causal`: also mask keys after the query (rows aligned at position 0)."""
 
     config: T5Config
     deterministic: bool
-    cache: str | None = None
     cache_length: int = 0
     causal: bool = False
+    cross: bool = False
 
     @nn.compact
     def __call__(self, x_q, x_kv, bias, mask: Mask, position=None) -> Array:
@@ -157,9 +156,9 @@ class Attention(nn.Module):
             """[b, k, heads, kv]; from a cache heads-major, [b, heads, k, kv]: the layout the
             score and value matmuls batch over, so a decode step reads it without a transpose."""
             project = proj(name, d**-0.5)
-            if self.cache is None:
+            if not self.cache_length:
                 return project(x_kv)
-            if self.cache == "cross":  # encoder output: projected on the call creating the cache
+            if self.cross:  # encoder output: projected on the call creating the cache
                 init = lambda: project(x_kv).transpose(0, 2, 1, 3)
                 return self.variable("cache", f"cached_{name}", init).value
             shape = (x_q.shape[0], h, self.cache_length, k)
@@ -170,7 +169,7 @@ class Attention(nn.Module):
 
         qkv_names = ("batch", "length", "heads", "kv")
         q = _constrain(proj("query", (d * k) ** -0.5)(x_q), qkv_names)  # [b, q, heads, kv]
-        heads_major = self.cache is not None
+        heads_major = self.cache_length > 0
         kv_names = ("batch", "heads", "length", "kv") if heads_major else qkv_names
         keys = _constrain(keys_or_values("key"), kv_names)
         values = _constrain(keys_or_values("value"), kv_names)
@@ -234,7 +233,7 @@ class Layer(nn.Module):
     def __call__(
         self, x, bias, mask: Mask, encoded=None, cross_mask: Mask | None = None, position=None
     ):
-        cfg, det = self.config, self.deterministic
+        cfg, det, cache = self.config, self.deterministic, self.cache_length
         drop = Dropout(cfg.dropout_rate)
 
         def norm(name: str, x: Array) -> Array:
@@ -242,14 +241,12 @@ class Layer(nn.Module):
             return RMSNorm(eps, dtype, name=f"pre_{name}_layer_norm")(x)
 
         name = "self_attention" if self.decoder else "attention"
-        cache = "self" if self.cache_length else None
-        self_attn = Attention(cfg, det, cache, self.cache_length, self.causal, name=name)
+        self_attn = Attention(cfg, det, cache, self.causal, name=name)
         y = norm(name, x)
         x = x + drop(self_attn(y, y, bias, mask, position), det)
         if self.decoder:
-            cache = "cross" if self.cache_length else None
-            cross_attn = Attention(cfg, det, cache, name="encoder_decoder_attention")
-            x = x + drop(cross_attn(norm("cross_attention", x), encoded, None, cross_mask), det)
+            cross = Attention(cfg, det, cache, cross=True, name="encoder_decoder_attention")
+            x = x + drop(cross(norm("cross_attention", x), encoded, None, cross_mask), det)
         x = x + drop(MLP(cfg, det, name="mlp")(norm("mlp", x)), det)
         return _constrain(x, ("batch", "length", "embed")), None
 
@@ -376,8 +373,7 @@ class Decoder(nn.Module):
             # Fan-in init (T5X) rather than HF's std 1.0: logits start near unit scale, so a
             # model trained from scratch starts at a loss of about ln(vocab).
             shape, axes = (cfg.d_model, cfg.vocab_size), ("embed", "vocab")
-            std = cfg.d_model**-0.5
-            logits = _proj(shape, axes, "bld,dv->blv", std, dtype, "logits_dense")(x)
+            logits = _proj(shape, axes, "bld,dv->blv", cfg.d_model**-0.5, dtype, "logits_dense")(x)
         return _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
