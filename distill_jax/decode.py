@@ -77,8 +77,6 @@ def greedy_decode(
     params, cfg: T5Config, encoder_input_tokens: jax.Array, max_len: int
 ) -> jax.Array:
     """Greedy decoding with a KV cache; returns tokens int32 [batch, max_len], 0 after EOS.
-
-    The encoder runs once and the loop stops once every row has emitted EOS. Jitted (`cfg`,
-    `max_len` static), it places nothing itself, so it runs under a mesh as its inputs are.
-    """
+    Jitted (`cfg`, `max_len` static), it places nothing itself, so it runs under a mesh as its
+    inputs are."""
     return greedy_decode_with_steps(params, cfg, encoder_input_tokens, max_len)[0]

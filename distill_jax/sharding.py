@@ -83,8 +83,7 @@ def batch_axis_size(mesh: Mesh) -> int:
 
 def tree_shardings_from_boxed(mesh: Mesh, boxed_tree) -> object:
     """Shardings for a pytree whose leaves are flax `LogicallyPartitioned` boxes (or arrays)."""
-    specs = nn.get_partition_spec(boxed_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, LOGICAL_AXIS_RULES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

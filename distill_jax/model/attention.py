@@ -42,13 +42,8 @@ def fused_implementation(q: Array, bias: Array | None, mask: Mask, backend: str)
     """
     if backend != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16) or q.shape[1] == 1:
         return "xla"
-    if q.shape[-1] % 8 or q.shape[-1] > 128:
-        return "xla"
-    if bias is not None and bias.shape[0] != 1:
-        return "xla"
-    if mask.dense is not None and mask.dense.shape[0] != 1:
-        return "xla"
-    return "cudnn"
+    per_example = [x for x in (bias, mask.dense) if x is not None and x.shape[0] != 1]
+    return "xla" if q.shape[-1] % 8 or q.shape[-1] > 128 or per_example else "cudnn"
 
 
 def fused_attention(q, keys, values, bias, mask: Mask, causal: bool) -> Array:

@@ -119,9 +119,7 @@ def get_preset(name: str) -> T5Config:
 
 def _field(hf: dict, key: str, kind: type, default: Any) -> Any:
     """Reads hf[key] (or default) and checks its type; UserError names the field."""
-    value = hf.get(key, default)
-    if value is None:
-        value = default
+    value = default if hf.get(key) is None else hf[key]
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True

@@ -1,15 +1,14 @@
-"""`--mode=export --export_format=ctranslate2`: a self-contained CTranslate2 model directory.
-
-Our HF export goes to a temporary directory, CTranslate2's own converter (which loads it with
-transformers and PyTorch) turns it into `model.bin` + vocabulary + `config.json` beside our
-tokenizer files, and the result is renamed into place, so `out_dir` is never half-written.
-"""
+"""`--mode=export --export_format=ctranslate2`: our HF export, converted by CTranslate2's own
+converter (which needs transformers and PyTorch) into `model.bin`, vocabulary and `config.json`
+beside our tokenizer files, then renamed into place, so `out_dir` is never half-written."""
 
 from __future__ import annotations
 
 import os
 import pathlib
 import shutil
+
+import jax
 
 from distill_jax.errors import UserError
 from distill_jax.model import hf_io
@@ -39,11 +38,7 @@ def export_ctranslate2(
     out_dir: str | os.PathLike, cfg: T5Config, params, tokenizer, quantization: str | None = None
 ) -> pathlib.Path:
     """Writes a CTranslate2 model of `params` to `out_dir` (every process calls; 0 writes).
-
-    `quantization`: CTranslate2's weight type (None keeps float32; also settable at load time).
-    """
-    import jax
-
+    `quantization`: CTranslate2's weight type (None keeps float32; also settable at load time)."""
     converter_cls = _converter()
     out = pathlib.Path(out_dir)
     work = hf_io.export_temp_dir(out, "model.bin", "CTranslate2 export")

@@ -19,7 +19,10 @@ from collections.abc import Iterator
 import jax
 import ml_dtypes
 import numpy as np
-from flax import traverse_util
+from flax import serialization, traverse_util
+from flax.core import meta
+from jax.experimental import multihost_utils
+from safetensors.numpy import save_file
 
 from distill_jax.errors import UserError
 from distill_jax.model.config import T5Config, config_from_hf, config_to_hf
@@ -55,9 +58,6 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-# --------------------------------------------------------------------------- locating a model
-
-
 def resolve_pretrained(name_or_path: str) -> pathlib.Path:
     """A local directory as is, else a hub id looked up through the local HF cache."""
     path = pathlib.Path(name_or_path).expanduser()
@@ -86,9 +86,6 @@ def resolve_pretrained(name_or_path: str) -> pathlib.Path:
     )
 
 
-# --------------------------------------------------------------------------- reading weights
-
-
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     """Reads a .safetensors file, memory-mapped (unlike `safetensors.numpy.load_file`): each
     weight is read only when `_convert` casts it, so an 11B checkpoint is never held twice."""
@@ -96,15 +93,13 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
         size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(size))
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size)
+    header.pop("__metadata__", None)
     out = {}
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
         if info["dtype"] not in _SAFETENSORS_DTYPES:
             raise UserError(f"{path}: weight {name!r} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
-        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-        out[name] = data[start:end].view(dtype).reshape(info["shape"])
+        out[name] = data[start:end].view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
     return out
 
 
@@ -122,18 +117,13 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 def _read_flax(path: pathlib.Path) -> dict[str, np.ndarray]:
     """HF Flax names (`.../q/kernel` [in, out]) -> PyTorch names (`....q.weight` [out, in])."""
-    from flax import serialization
-
     tree = serialization.msgpack_restore(path.read_bytes())
     if set(tree) == {"params"}:
         tree = tree["params"]
     out = {}
-    for keys, value in traverse_util.flatten_dict(tree).items():
-        *prefix, leaf = keys
-        value = np.asarray(value)
-        if leaf == "kernel":
-            value = value.T
-        out[".".join([*prefix, "weight"])] = value
+    for key, value in traverse_util.flatten_dict(tree, sep=".").items():
+        prefix, leaf = key.rsplit(".", 1)
+        out[f"{prefix}.weight"] = np.asarray(value).T if leaf == "kernel" else np.asarray(value)
     return out
 
 
@@ -164,15 +154,9 @@ def _read_weights(ckpt: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
     )
 
 
-# --------------------------------------------------------------------------- name mapping
-
-
 def _layout(cfg: T5Config) -> Iterator[tuple[tuple[str, ...], str, tuple, tuple | None]]:
-    """(our param path, HF PyTorch name, its shape, our shape) of every weight.
-
-    nn.Linear keeps [out, in] where our kernels are [in, out] (attention's split into heads);
-    our shape None: the same array in both.
-    """
+    """(our param path, HF PyTorch name, its shape, our shape or None for the same array) of every
+    weight: nn.Linear keeps [out, in] where our kernels are [in, out] (attention's by head)."""
     d, f, h, k = cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.d_kv
     vocab, buckets = cfg.vocab_size, cfg.relative_attention_num_buckets
     qkv = (h * k, d), (d, h, k)
@@ -206,9 +190,6 @@ def _layout(cfg: T5Config) -> Iterator[tuple[tuple[str, ...], str, tuple, tuple 
         yield ("decoder", "logits_dense", "kernel"), "lm_head.weight", (vocab, d), (d, vocab)
 
 
-# --------------------------------------------------------------------------- import
-
-
 def _read_config(ckpt: pathlib.Path) -> T5Config:
     path = ckpt / "config.json"
     if not path.is_file():
@@ -227,7 +208,7 @@ def _read_config(ckpt: pathlib.Path) -> T5Config:
         raise UserError(f"{path}: not a supported T5 config ({type(e).__name__}: {e})") from e
 
 
-def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[T5Config, dict]:
+def _convert(cfg: T5Config, state: dict[str, np.ndarray], source: str) -> tuple[T5Config, dict]:
     """PyTorch-named weights -> (config, our unscanned float32 params); checks names and shapes."""
     state = dict(state)
     embed_names = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
@@ -248,8 +229,8 @@ def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[
         elif not cfg.tie_word_embeddings and head is None:
             state["lm_head.weight"] = embed  # transformers 5 ties a missing head to `shared`
     flat: dict[tuple[str, ...], np.ndarray] = {}  # our param path -> weight
-    used = set()
-    for path, name, expected, shape in _layout(cfg):
+    layout = list(_layout(cfg))
+    for path, name, expected, shape in layout:
         if name not in state:
             raise UserError(
                 f"{source}: weight {name!r} is missing (does the checkpoint match config.json?)"
@@ -262,8 +243,7 @@ def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[
             )
         w = np.asarray(w, dtype=np.float32)  # bf16/fp16 upcast here
         flat[path] = np.ascontiguousarray(w if shape is None else w.T.reshape(shape))
-        used.add(name)
-    extra = sorted(set(state) - used - _IGNORED)
+    extra = sorted(set(state) - {name for _, name, _, _ in layout} - _IGNORED)
     if extra:
         more = f" and {len(extra) - 10} more" if len(extra) > 10 else ""
         warnings.warn(
@@ -273,53 +253,31 @@ def _convert(state: dict[str, np.ndarray], cfg: T5Config, source: str) -> tuple[
 
 
 def load_pretrained(
-    name_or_path: str,
-    *,
-    scan_layers: bool = False,
-    remat_policy: str = "none",
-    dtype: str = "float32",
-    dropout_rate: float | None = None,
+    name_or_path: str, *, scan_layers: bool = False, dropout_rate: float | None = None
 ) -> tuple[T5Config, dict]:
-    """Loads a HF T5 checkpoint (local dir or cached hub id) as (config, float32 numpy params).
-
-    `dropout_rate=None` keeps the checkpoint's value. Params are unboxed and unscanned unless
-    `scan_layers`, in which case they are in the scanned form `T5` expects.
-    """
+    """Loads a HF T5 checkpoint (local dir or cached hub id) as (config, float32 numpy params),
+    unboxed, scanned if `scan_layers`; `dropout_rate=None` keeps the checkpoint's value."""
     ckpt = resolve_pretrained(name_or_path)
-    cfg = _read_config(ckpt)
-    state, source = _read_weights(ckpt)
-    cfg, params = _convert(state, cfg, source)
-    del state
-    overrides = {"scan_layers": scan_layers, "remat_policy": remat_policy, "dtype": dtype}
+    cfg, params = _convert(_read_config(ckpt), *_read_weights(ckpt))
+    cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
     if dropout_rate is not None:
-        overrides["dropout_rate"] = dropout_rate
-    cfg = dataclasses.replace(cfg, **overrides)
+        cfg = dataclasses.replace(cfg, dropout_rate=dropout_rate)
     if scan_layers:
         params = scan_params(params, cfg)
     return cfg, params
 
 
-# --------------------------------------------------------------------------- export
-
-
 def _to_numpy(x) -> np.ndarray:
     """A float32 host copy; arrays sharded over several hosts are gathered first."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         x = multihost_utils.process_allgather(x, tiled=True)
     return np.asarray(x, dtype=np.float32)
 
 
 def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokenizer) -> None:
     """Writes a HF T5 directory (config.json, model.safetensors, tokenizer files) atomically.
-
-    `params` may be boxed (nn.Partitioned), scanned, wrapped in {'params': ...} and sharded;
-    every process must call this (to gather), process 0 writes.
-    """
-    from flax.core import meta
-    from safetensors.numpy import save_file
-
+    `params` may be boxed, scanned, wrapped in {'params': ...} and sharded; every process must
+    call this (to gather), process 0 writes."""
     params = meta.unbox(params)
     if "shared" not in params and "params" in params:
         params = params["params"]
@@ -358,9 +316,8 @@ def export_pretrained(out_dir: str | os.PathLike, cfg: T5Config, params, tokeniz
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save(tmp)
         replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after a failure (replace_dir moved it otherwise)
 
 
 def export_temp_dir(out: pathlib.Path, marker: str, what: str) -> pathlib.Path:

@@ -17,10 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax.model.attention import Mask, dense_mask, fused_attention
+from distill_jax.model.attention import Array, Mask, dense_mask, fused_attention
 from distill_jax.model.config import T5Config
 
-Array = jax.Array
 # Large but finite: a fully masked row (padding) gets a uniform softmax instead of NaN.
 NEG_INF = -1e10
 
@@ -61,11 +60,9 @@ class Dropout(nn.Module):
     inverse keep probability, so the expectation is unchanged; draws shard like the input."""
 
     rate: float
-    deterministic: bool | None = None
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool | None = None) -> Array:
-        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    def __call__(self, x: Array, deterministic: bool) -> Array:
         if deterministic or self.rate == 0.0:
             return x
         if self.rate >= 1.0:
@@ -79,19 +76,11 @@ class Dropout(nn.Module):
         return jnp.where(bits >= threshold, x * scale, jnp.zeros((), x.dtype))
 
 
-class Proj(nn.Module):
-    """Bias-free projection `einsum(eqn, x, kernel)`; float32 kernel cast to the compute dtype."""
-
-    shape: tuple[int, ...]
-    axes: tuple[str, ...]
-    eqn: str
-    std: float  # HF T5 init std (the 1/sqrt(d_kv) attention scale is folded into the query's)
-    dtype: Any
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        kernel = _param(self, "kernel", self.std, self.shape, self.axes)
-        return jnp.einsum(self.eqn, x, kernel.astype(self.dtype))
+def _proj(shape: tuple[int, ...], axes: tuple, eqn: str, std: float, dtype, name: str) -> nn.Einsum:
+    """Bias-free `einsum(eqn, x, kernel)`: a float32 kernel (HF T5's init `std`; the 1/sqrt(d_kv)
+    attention scale is folded into the query's) cast to the compute dtype."""
+    init = nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
+    return nn.Einsum(shape, eqn, use_bias=False, dtype=dtype, kernel_init=init, name=name)
 
 
 class Embed(nn.Module):
@@ -113,27 +102,6 @@ class Embed(nn.Module):
         return jnp.einsum("bld,vd->blv", x, self.embedding.astype(self.dtype))  # [b, l, vocab]
 
 
-def relative_position_bucket(
-    rel: Array, bidirectional: bool, num_buckets: int, max_distance: int
-) -> Array:
-    """Buckets of `rel = key_pos - query_pos` exactly as HF / Mesh TensorFlow T5 compute them."""
-    buckets = jnp.zeros_like(rel)
-    if bidirectional:
-        num_buckets //= 2
-        buckets = (rel > 0).astype(jnp.int32) * num_buckets
-        n = jnp.abs(rel)
-    else:
-        n = -jnp.minimum(rel, 0)  # the decoder only looks back
-    max_exact = num_buckets // 2
-    # Log-spaced buckets up to max_distance, in float32 like HF so boundaries agree exactly.
-    log_ratio = jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
-    large = max_exact + (
-        log_ratio / math.log(max_distance / max_exact) * (num_buckets - max_exact)
-    ).astype(jnp.int32)
-    large = jnp.minimum(large, num_buckets - 1)
-    return buckets + jnp.where(n < max_exact, n, large)
-
-
 class RelativePositionBias(nn.Module):
     """Per-head bias from bucketed relative positions; computed once per stack and shared."""
 
@@ -142,28 +110,39 @@ class RelativePositionBias(nn.Module):
 
     @nn.compact
     def __call__(self, q_pos: Array, k_pos: Array) -> Array:
-        cfg = self.config
-        shape = (cfg.num_heads, cfg.relative_attention_num_buckets)
+        cfg, num_buckets = self.config, self.config.relative_attention_num_buckets
+        shape = (cfg.num_heads, num_buckets)
         table = _param(self, "rel_embedding", cfg.d_model**-0.5, shape, ("heads", "relpos_buckets"))
-        buckets = relative_position_bucket(
-            k_pos[None, :] - q_pos[:, None],  # [q, k]
-            self.bidirectional,
-            cfg.relative_attention_num_buckets,
-            cfg.relative_attention_max_distance,
-        )
+        # Buckets of `rel = key_pos - query_pos` exactly as HF / Mesh TensorFlow T5 compute them.
+        rel = k_pos[None, :] - q_pos[:, None]  # [q, k]
+        buckets = jnp.zeros_like(rel)
+        if self.bidirectional:
+            num_buckets //= 2
+            buckets = (rel > 0).astype(jnp.int32) * num_buckets
+            n = jnp.abs(rel)
+        else:
+            n = -jnp.minimum(rel, 0)  # the decoder only looks back
+        max_exact = num_buckets // 2
+        # Log-spaced buckets up to max_distance, in float32 like HF so boundaries agree exactly.
+        log_ratio = jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+        max_distance = cfg.relative_attention_max_distance
+        large = max_exact + (
+            log_ratio / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+        ).astype(jnp.int32)
+        buckets += jnp.where(n < max_exact, n, jnp.minimum(large, num_buckets - 1))
         return jnp.take(table, buckets, axis=1)[None]  # [1, heads, q, k] float32
 
 
 class Attention(nn.Module):
-    """Multi-head attention. `cache`: None (no cache), 'self' (append to a KV cache of
-    `cache_length` positions at `position`), or 'cross' (project the encoder output once).
+    """Multi-head attention. `cache_length` > 0: decoding with a cache, of keys/values
+    appended at `position` (self-attention) or, if `cross`, of the encoder output projected once.
     `causal`: also mask keys after the query (rows aligned at position 0)."""
 
     config: T5Config
     deterministic: bool
-    cache: str | None = None
     cache_length: int = 0
     causal: bool = False
+    cross: bool = False
 
     @nn.compact
     def __call__(self, x_q, x_kv, bias, mask: Mask, position=None) -> Array:
@@ -171,15 +150,15 @@ class Attention(nn.Module):
         d, h, k = cfg.d_model, cfg.num_heads, cfg.d_kv
 
         def proj(name, std):
-            return Proj((d, h, k), ("embed", "heads", "kv"), "bld,dhk->blhk", std, dtype, name=name)
+            return _proj((d, h, k), ("embed", "heads", "kv"), "bld,dhk->blhk", std, dtype, name)
 
         def keys_or_values(name: str) -> Array:
             """[b, k, heads, kv]; from a cache heads-major, [b, heads, k, kv]: the layout the
             score and value matmuls batch over, so a decode step reads it without a transpose."""
             project = proj(name, d**-0.5)
-            if self.cache is None:
+            if not self.cache_length:
                 return project(x_kv)
-            if self.cache == "cross":  # encoder output: projected on the call creating the cache
+            if self.cross:  # encoder output: projected on the call creating the cache
                 init = lambda: project(x_kv).transpose(0, 2, 1, 3)
                 return self.variable("cache", f"cached_{name}", init).value
             shape = (x_q.shape[0], h, self.cache_length, k)
@@ -190,11 +169,10 @@ class Attention(nn.Module):
 
         qkv_names = ("batch", "length", "heads", "kv")
         q = _constrain(proj("query", (d * k) ** -0.5)(x_q), qkv_names)  # [b, q, heads, kv]
-        heads_major = self.cache is not None
+        heads_major = self.cache_length > 0
         kv_names = ("batch", "heads", "length", "kv") if heads_major else qkv_names
         keys = _constrain(keys_or_values("key"), kv_names)
         values = _constrain(keys_or_values("value"), kv_names)
-        k_len = keys.shape[2] if heads_major else keys.shape[1]
 
         if cfg.attention == "dot_product":
             if heads_major:  # the fused call takes [b, k, heads, kv]
@@ -207,15 +185,15 @@ class Attention(nn.Module):
             scores = jnp.einsum(f"bqhd,{kv}->bhqk", q, keys).astype(jnp.float32)  # [b,h,q,k]
             if bias is not None:
                 scores = scores + bias
-            dense = dense_mask(mask, self.causal, q.shape[1], k_len)
+            dense = dense_mask(mask, self.causal, *scores.shape[2:])  # q, k
             if dense is not None:
                 scores = jnp.where(dense, scores, NEG_INF)
             weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-            weights = Dropout(cfg.dropout_rate)(weights, deterministic=self.deterministic)
+            weights = Dropout(cfg.dropout_rate)(weights, self.deterministic)
             out = jnp.einsum(f"bhqk,{kv}->bqhd", weights, values)  # [b, q, heads, kv]
         out = _constrain(out, qkv_names)
         out_axes = ("heads", "kv", "embed")
-        return Proj((h, k, d), out_axes, "blhk,hkd->bld", (h * k) ** -0.5, dtype, name="out")(out)
+        return _proj((h, k, d), out_axes, "blhk,hkd->bld", (h * k) ** -0.5, dtype, name="out")(out)
 
 
 class MLP(nn.Module):
@@ -230,15 +208,15 @@ class MLP(nn.Module):
         d, f = cfg.d_model, cfg.d_ff
 
         def wi(name):
-            return Proj((d, f), ("embed", "mlp"), "bld,df->blf", d**-0.5, dtype, name=name)(x)
+            return _proj((d, f), ("embed", "mlp"), "bld,df->blf", d**-0.5, dtype, name=name)(x)
 
         if cfg.feed_forward_proj == "gated-gelu":
             hidden = jax.nn.gelu(wi("wi_0"), approximate=True) * wi("wi_1")  # [b, l, mlp]
         else:
             hidden = jax.nn.relu(wi("wi"))
         hidden = _constrain(hidden, ("batch", "length", "mlp"))
-        hidden = Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
-        return Proj((f, d), ("mlp", "embed"), "blf,fd->bld", f**-0.5, dtype, name="wo")(hidden)
+        hidden = Dropout(cfg.dropout_rate)(hidden, self.deterministic)
+        return _proj((f, d), ("mlp", "embed"), "blf,fd->bld", f**-0.5, dtype, name="wo")(hidden)
 
 
 class Layer(nn.Module):
@@ -248,31 +226,28 @@ class Layer(nn.Module):
     config: T5Config
     deterministic: bool
     decoder: bool = False
-    decode: bool = False
-    cache_length: int = 0
+    cache_length: int = 0  # > 0: decoding, with a self-attention KV cache of this many positions
     causal: bool = False  # self-attention adds the causal mask itself ('dot_product' training)
 
     @nn.compact
     def __call__(
         self, x, bias, mask: Mask, encoded=None, cross_mask: Mask | None = None, position=None
     ):
-        cfg, det = self.config, self.deterministic
-        drop = Dropout(cfg.dropout_rate, deterministic=det)
+        cfg, det, cache = self.config, self.deterministic, self.cache_length
+        drop = Dropout(cfg.dropout_rate)
 
         def norm(name: str, x: Array) -> Array:
             eps, dtype = cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype)
             return RMSNorm(eps, dtype, name=f"pre_{name}_layer_norm")(x)
 
         name = "self_attention" if self.decoder else "attention"
-        cache = "self" if self.decode else None
-        self_attn = Attention(cfg, det, cache, self.cache_length, self.causal, name=name)
+        self_attn = Attention(cfg, det, cache, self.causal, name=name)
         y = norm(name, x)
-        x = x + drop(self_attn(y, y, bias, mask, position))
+        x = x + drop(self_attn(y, y, bias, mask, position), det)
         if self.decoder:
-            cache = "cross" if self.decode else None
-            cross_attn = Attention(cfg, det, cache, name="encoder_decoder_attention")
-            x = x + drop(cross_attn(norm("cross_attention", x), encoded, None, cross_mask))
-        x = x + drop(MLP(cfg, det, name="mlp")(norm("mlp", x)))
+            cross = Attention(cfg, det, cache, cross=True, name="encoder_decoder_attention")
+            x = x + drop(cross(norm("cross_attention", x), encoded, None, cross_mask), det)
+        x = x + drop(MLP(cfg, det, name="mlp")(norm("mlp", x)), det)
         return _constrain(x, ("batch", "length", "embed")), None
 
 
@@ -306,7 +281,7 @@ def _segment_mask(q_seg: Array, k_seg: Array) -> Array:
     return (same & (k_seg != 0)[:, None, :])[:, None]
 
 
-def _key_mask(tokens: Array, segment_ids: Array | None, fused: bool = False) -> Mask:
+def _key_mask(tokens: Array, segment_ids: Array | None, fused: bool) -> Mask:
     """Valid (non-padding) keys: dense [b, 1, 1, k], or for the fused path of unpacked rows
     (right-padded) the lengths, which cuDNN takes without folding them into the bias."""
     if fused and segment_ids is None:
@@ -320,10 +295,10 @@ class Encoder(nn.Module):
     shared: Embed
 
     @nn.compact
-    def __call__(self, tokens, segment_ids, deterministic: bool) -> Array:
+    def __call__(self, tokens, segment_ids, det: bool) -> Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        drop = Dropout(cfg.dropout_rate, deterministic=deterministic)
-        x = drop(self.shared(tokens))  # [b, l, embed]
+        drop = Dropout(cfg.dropout_rate)
+        x = drop(self.shared(tokens), det)  # [b, l, embed]
         x = _constrain(x, ("batch", "length", "embed"))
         # Plain row positions: within a packed segment only differences matter.
         pos = jnp.arange(tokens.shape[1])
@@ -332,10 +307,9 @@ class Encoder(nn.Module):
             mask = _key_mask(tokens, None, cfg.attention == "dot_product")
         else:
             mask = Mask(dense=_segment_mask(segment_ids, segment_ids))
-        kwargs = {"deterministic": deterministic}
-        x = _run_layers(cfg, cfg.num_encoder_layers, kwargs, x, bias, mask)
+        x = _run_layers(cfg, cfg.num_encoder_layers, dict(deterministic=det), x, bias, mask)
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
-        return drop(x)
+        return drop(x, det)
 
 
 class Decoder(nn.Module):
@@ -344,22 +318,38 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, encoded, enc_tokens, dec_tokens, enc_seg, dec_seg, deterministic, decode, cache_len
+        self,
+        encoded,
+        enc_tokens,
+        dec_tokens,
+        enc_seg=None,
+        dec_seg=None,
+        *,
+        enable_dropout: bool = False,
+        decode: bool = False,
+        max_decode_length: int | None = None,
     ) -> Array:
-        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        drop = Dropout(cfg.dropout_rate, deterministic=deterministic)
+        """Decoder logits, float32 [batch, dec_len, vocab].
+
+        `decode=True` (mutable 'cache') appends the tokens to a KV cache, which the first call
+        creates with `max_decode_length` positions (default: this call's length); decoder
+        segment ids are then ignored (rows are not packed).
+        """
+        cfg, dtype, det = self.config, jnp.dtype(self.config.dtype), not enable_dropout
+        drop = Dropout(cfg.dropout_rate)
         length = dec_tokens.shape[1]
-        x = drop(self.shared(dec_tokens))  # [b, l, embed]
+        x = drop(self.shared(dec_tokens), det)  # [b, l, embed]
         x = _constrain(x, ("batch", "length", "embed"))
         q_pos = jnp.arange(length)
         if decode:
+            cache_len = max_decode_length or length
             # The new tokens sit at [position, position + length) of a cache_len-long cache.
             pos_var = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
             position = pos_var.value
             pos_var.value = position + length
             q_pos, k_pos = q_pos + position, jnp.arange(cache_len)
         else:
-            position, k_pos = None, q_pos
+            cache_len, position, k_pos = 0, None, q_pos
         fused = cfg.attention == "dot_product"
         causal = (k_pos[None, :] <= q_pos[:, None])[None, None]  # [1, 1, l, k]
         cross_mask = _key_mask(enc_tokens, enc_seg, fused)  # [b, 1, 1, enc_len] or lengths
@@ -372,25 +362,18 @@ class Decoder(nn.Module):
         else:
             mask = Mask(dense=causal)
         bias = RelativePositionBias(cfg, False, name="relpos_bias")(q_pos, k_pos)
-        kwargs = {
-            "deterministic": deterministic,
-            "decoder": True,
-            "decode": decode,
-            "cache_length": cache_len,
-            "causal": self_causal,
-        }
+        kwargs = dict(deterministic=det, decoder=True, cache_length=cache_len, causal=self_causal)
         x = _run_layers(
             cfg, cfg.num_decoder_layers, kwargs, x, bias, mask, encoded, cross_mask, position
         )
-        x = drop(RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(x))
+        x = drop(RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(x), det)
         if cfg.tie_word_embeddings:
             logits = self.shared.attend(x * (cfg.d_model**-0.5))  # v1.0 rescales before tying
         else:
-            shape, axes = (cfg.d_model, cfg.vocab_size), ("embed", "vocab")
             # Fan-in init (T5X) rather than HF's std 1.0: logits start near unit scale, so a
             # model trained from scratch starts at a loss of about ln(vocab).
-            std = cfg.d_model**-0.5
-            logits = Proj(shape, axes, "bld,dv->blv", std, dtype, name="logits_dense")(x)
+            shape, axes = (cfg.d_model, cfg.vocab_size), ("embed", "vocab")
+            logits = _proj(shape, axes, "bld,dv->blv", cfg.d_model**-0.5, dtype, "logits_dense")(x)
         return _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
@@ -405,58 +388,21 @@ class T5(nn.Module):
         self.encoder = Encoder(cfg, self.shared)
         self.decoder = Decoder(cfg, self.shared)
 
-    def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, enable_dropout=False):
+    def encode(self, enc_tokens, enc_seg=None, *, enable_dropout: bool = False) -> Array:
         """Encoder output [batch, enc_len, d_model] in the compute dtype."""
-        return self.encoder(encoder_input_tokens, encoder_segment_ids, not enable_dropout)
+        return self.encoder(enc_tokens, enc_seg, not enable_dropout)
 
-    def decode(
-        self,
-        encoded,
-        encoder_input_tokens,
-        decoder_input_tokens,
-        encoder_segment_ids=None,
-        decoder_segment_ids=None,
-        *,
-        enable_dropout: bool = False,
-        decode: bool = False,
-        max_decode_length: int | None = None,
-    ) -> Array:
-        """Decoder logits, float32 [batch, dec_len, vocab].
-
-        `decode=True` (mutable 'cache') appends the tokens to a KV cache, which the first call
-        creates with `max_decode_length` positions (default: this call's length); decoder
-        segment ids are then ignored (rows are not packed).
-        """
-        cache_len = max_decode_length or decoder_input_tokens.shape[1]
-        return self.decoder(
-            encoded,
-            encoder_input_tokens,
-            decoder_input_tokens,
-            encoder_segment_ids,
-            decoder_segment_ids,
-            not enable_dropout,
-            decode,
-            cache_len,
-        )
+    def decode(self, *args, **kwargs) -> Array:
+        """Decoder logits, float32 [batch, dec_len, vocab]; the arguments of `Decoder`."""
+        return self.decoder(*args, **kwargs)
 
     def __call__(
-        self,
-        encoder_input_tokens,
-        decoder_input_tokens,
-        encoder_segment_ids=None,
-        decoder_segment_ids=None,
-        *,
-        enable_dropout: bool = False,
+        self, enc_tokens, dec_tokens, enc_seg=None, dec_seg=None, *, enable_dropout: bool = False
     ) -> Array:
         """Teacher-forced logits, float32 [batch, dec_len, vocab]."""
-        encoded = self.encoder(encoder_input_tokens, encoder_segment_ids, not enable_dropout)
-        return self.decode(
-            encoded,
-            encoder_input_tokens,
-            decoder_input_tokens,
-            encoder_segment_ids,
-            decoder_segment_ids,
-            enable_dropout=enable_dropout,
+        encoded = self.encoder(enc_tokens, enc_seg, not enable_dropout)
+        return self.decoder(
+            encoded, enc_tokens, dec_tokens, enc_seg, dec_seg, enable_dropout=enable_dropout
         )
 
 
