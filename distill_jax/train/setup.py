@@ -34,9 +34,8 @@ from distill_jax.train.state import (
 
 TOKENIZER_DIR = "tokenizer"
 COMPILE_CACHE_DIR = "compile_cache"
-# data.* fields read after the records are prepared (tokenisation, packing, where they live).
-TOKENIZATION_FIELDS = (
-    "prepared_dir",
+# data.* fields read after the records are prepared: the train batches' tokenisation and packing.
+PACKING_FIELDS = (
     "max_input_length",
     "max_target_length",
     "pack_input_length",
@@ -51,8 +50,8 @@ def load_records(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
     the prepared data, any edit rebuilds it, even one that keeps the size and mtime)."""
     out_dir = pathlib.Path(config.data.prepared_dir or workdir / "prepared")
     data = config.data.to_dict()
-    for key in TOKENIZATION_FIELDS:
-        data.pop(key, None)  # tokenisation-time settings don't change the records
+    for key in ("prepared_dir", *PACKING_FIELDS):
+        data.pop(key, None)  # where the records live and how they are packed don't change them
     files = builder.file_fingerprint(sources.raw_files(config.data))
     fingerprint = {"data": data, "seed": config.seed, "files": files}
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
