@@ -27,7 +27,7 @@ def load_params(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     """(ModelSetup, params, step): the workdir's best-validation checkpoint, else its latest
     train state (a run stopped before its first validation), else `model.from_pretrained`."""
     config_check.validate(config)
-    ms = setup.build(config, workdir, None)
+    ms = setup.ModelSetup(config, workdir, None)
     ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False)
     try:
         with sharding.activate(ms.mesh):

@@ -112,7 +112,7 @@ class _Run:
         self.config, self.workdir = config, workdir
         splits = setup.load_records(config, workdir)
         t = config.train
-        self.ms = ms = setup.build(config, workdir, splits["train"])
+        self.ms = ms = setup.ModelSetup(config, workdir, splits["train"])
         self.cost = perf.cost_model(ms.model_cfg, jax.default_backend())
         self.train_data = pipeline.TrainIterator(
             splits["train"],
@@ -129,7 +129,7 @@ class _Run:
         self.ckpts = checkpoint.Checkpoints(
             workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
         )
-        self.state, self.start_step, data_state = setup.initial_state(ms, self.ckpts)
+        self.state, self.start_step, data_state = ms.initial_state(self.ckpts)
         if data_state is not None:
             self.train_data.set_state(data_state)
         self.writer = writer = logger.MetricsWriter(workdir, tensorboard=config.logging.tensorboard)
