@@ -145,19 +145,17 @@ class Predictor:
         rationale: bool | None = None,
         params=None,
         cache_key: str | None = None,
-        batch_size: int | None = None,
     ) -> list[dict[str, str]]:
         """Rows {'label'[, 'rationale']} for raw `inputs` (the task prefix is added here);
         `rationale` (default: settings.output_rationale) is ignored for 'standard' models."""
         if rationale is None:
             rationale = self.settings.output_rationale
-        kw = dict(params=params, batch_size=batch_size)
         task = self.label_task
-        labels = self.generate(self.encode(inputs, task, cache_key), task, **kw)
+        labels = self.generate(self.encode(inputs, task, cache_key), task, params=params)
         rows = [{"label": y} for y in labels]
         if rationale and self.has_rationales:
             explain = self.encode(inputs, "explain", cache_key)
-            for row, r in zip(rows, self.generate(explain, "explain", **kw), strict=True):
+            for row, r in zip(rows, self.generate(explain, "explain", params=params), strict=True):
                 row["rationale"] = r
         return rows
 
