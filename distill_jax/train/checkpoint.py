@@ -29,12 +29,10 @@ class Checkpoints:
     def __init__(self, workdir: str | pathlib.Path, *, keep: int, async_save: bool):
         root = pathlib.Path(workdir).absolute() / "checkpoints"
         for path in sorted(root.glob(f"*/*{_TMP_SUFFIX}*")):  # the managers delete them
+            step = path.name.split(".", 1)[0]
             logging.warning(
-                "checkpoint step %s in %s was left half-written by an interrupted save; "
-                "skipping it (deleting %s)",
-                path.name.split(".", 1)[0],
-                path.parent,
-                path.name,
+                f"checkpoint step {step} in {path.parent} was left half-written by an "
+                f"interrupted save; skipping it (deleting {path.name})"
             )
         common = dict(create=True, cleanup_tmp_directories=True)
         self.latest = ocp.CheckpointManager(
@@ -85,12 +83,8 @@ class Checkpoints:
                 continue
             for bad, why in failed:
                 logging.warning(
-                    "checkpoint step %d in %s is incomplete or unreadable (%s); skipping it and "
-                    "resuming from step %d",
-                    bad,
-                    self.latest.directory,
-                    why,
-                    step,
+                    f"checkpoint step {bad} in {self.latest.directory} is incomplete or "
+                    f"unreadable ({why}); skipping it and resuming from step {step}"
                 )
                 path = pathlib.Path(self.latest.directory) / str(bad)  # shared file system
                 aside = path.with_name(f"{bad}.incomplete-{int(time.time())}")
