@@ -66,6 +66,8 @@ class Predictor:
         self.tokenizer = tokenizer
         self.mesh = mesh
         self.settings = settings
+        self.has_rationales = settings.model_type == "task_prefix"  # trained on `explain:` too
+        self.label_task = "predict" if self.has_rationales else "standard"  # outputs labels
         self._rows = NamedSharding(mesh, P(sharding.BATCH_AXES, None))  # [rows, length] inputs
         self._row_multiple = sharding.batch_axis_size(mesh)  # global batches are a multiple
         self.decode_calls = 0
@@ -74,16 +76,6 @@ class Predictor:
         self.new_shape_calls = 0  # decode calls that met a shape for the first time
         self._cache: dict[tuple[str, str], EvalSet] = {}
         self._lock = threading.Lock()  # decode_calls from the server's batcher thread
-
-    @property
-    def label_task(self) -> str:
-        """The task whose outputs are labels: 'predict' (task_prefix) or 'standard'."""
-        return "predict" if self.settings.model_type == "task_prefix" else "standard"
-
-    @property
-    def has_rationales(self) -> bool:
-        """Whether the model was trained on the `explain:` task."""
-        return self.settings.model_type == "task_prefix"
 
     def max_len(self, task: str) -> int:
         """Decoded tokens for `task`: rationale_max_len for 'explain', else gen_max_len."""
