@@ -186,14 +186,13 @@ class _Run:
         self.meter.reset()
         steps = range(start, t.max_steps)
         batches = _prefetch(self.train_data, steps, self.batch_sharding, self.meter)
-        bar = tqdm(  # loss, examples/s and ETA on process 0
+        with tqdm(  # loss, examples/s and ETA on process 0
             initial=start,
             total=t.max_steps,
             disable=not c.logging.progress_bar or jax.process_index() != 0,
             unit="step",
             dynamic_ncols=True,
-        )
-        with bar:
+        ) as bar:
             for step, rows, batch in batches:
                 self.state, self.metrics = self.steps[rows](self.state, batch, self.rng)
                 done = step + 1
