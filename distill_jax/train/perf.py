@@ -27,10 +27,8 @@ PEAK_FLOPS = {
 def peak_flops_per_device() -> float | None:
     """The device's bf16 peak, or None (CPU and unknown devices: no MFU is reported)."""
     kind = jax.devices()[0].device_kind
-    for prefix, peak in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
-        if kind.startswith(prefix):
-            return peak
-    return None
+    longest_first = sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0]))
+    return next((peak for prefix, peak in longest_first if kind.startswith(prefix)), None)
 
 
 def compiled_flops(compiled) -> float | None:
