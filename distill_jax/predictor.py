@@ -19,7 +19,6 @@ from jax.sharding import PartitionSpec as P
 
 from distill_jax import decode, sharding
 from distill_jax.data.eval_data import EvalSet, bucket_length
-from distill_jax.errors import UserError
 from distill_jax.model.config import T5Config
 from distill_jax.tokenizer import Tokenizer
 
@@ -167,9 +166,8 @@ class Predictor:
         return sorted({min(top, -(-max(int(r), 1) // m) * m) for r in extra} | {top})
 
     def warm_up(self, row_buckets: Sequence[int], tasks: Sequence[str]) -> int:
-        """Compiles greedy decoding for every (rows, length bucket, task); returns how many."""
-        if jax.process_count() > 1:
-            raise UserError("warm_up is for single-process serving")
+        """Compiles greedy decoding for every (rows, length bucket, task); returns how many.
+        Single-process only (serve.run_serve refuses several)."""
         lengths = self.length_buckets()
         shapes = [(r, n, self.max_len(t)) for t in tasks for r in row_buckets for n in lengths]
         with sharding.activate(self.mesh):
