@@ -20,15 +20,13 @@ from absl import logging
 from distill_jax import multihost
 from distill_jax.errors import UserError
 
-_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step still being written
-
 
 class Checkpoints:
     """The latest/best checkpoint managers of one workdir."""
 
     def __init__(self, workdir: str | pathlib.Path, *, keep: int, async_save: bool):
         root = pathlib.Path(workdir).absolute() / "checkpoints"
-        for path in sorted(root.glob(f"*/*{_TMP_SUFFIX}*")):  # the managers delete them
+        for path in sorted(root.glob("*/*.orbax-checkpoint-tmp*")):  # the managers delete them
             step = path.name.split(".", 1)[0]
             logging.warning(
                 f"checkpoint step {step} in {path.parent} was left half-written by an "

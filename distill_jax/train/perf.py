@@ -99,9 +99,6 @@ class Throughput:
         return round(self._total_steps * self.examples_per_step / self._total_time, 2)
 
 
-# The trainer's cost model: the platform-dependent prices live here, and the data layer gets
-# plain numbers (it never asks which platform it runs on).
-
 # How much more a token's attention costs on CPU than its FLOPs say, relative to the dense layers:
 # the [rows, heads, L, L] float32 passes (bias, mask, softmax, dropout, the bias gradient) are
 # memory-bound there. Calibrated on t5-v1_1-small, batch 16, CQA-like lengths (BENCHMARKS.md).
@@ -115,7 +112,8 @@ ACCELERATOR_COMPILE_COST_STEPS = 300.0
 
 @dataclasses.dataclass(frozen=True)
 class CostModel:
-    """What the data layer needs to price its choices (`TrainIterator` arguments)."""
+    """The platform's prices, as the plain numbers the data layer needs (`TrainIterator`
+    arguments): it never asks which platform it runs on."""
 
     attention_length: float  # row length at which attention costs as much as the dense layers
     compile_steps: float  # one train-step compilation, in steps of the largest shape
