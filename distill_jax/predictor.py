@@ -37,14 +37,11 @@ class Settings:
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> Settings:
         """The settings of `config` (data.max_input_length, train.model_type, eval.*)."""
-        e = config.eval
         return cls(
             model_type=config.train.model_type,
             max_input_length=config.data.max_input_length,
-            batch_size=e.batch_size,
-            gen_max_len=e.gen_max_len,
-            rationale_max_len=e.rationale_max_len,
-            output_rationale=bool(e.output_rationale),
+            **{k: config.eval[k] for k in ("batch_size", "gen_max_len", "rationale_max_len")},
+            output_rationale=bool(config.eval.output_rationale),
         )
 
 

@@ -66,8 +66,7 @@ def load_tokenizer(config, workdir: pathlib.Path, train_records, pretrained_dir)
     if pretrained_dir is not None:
         return Tokenizer.from_dir(pretrained_dir)
     tok_dir = workdir / TOKENIZER_DIR
-    # Process 0 looks and every process follows its answer (distill_jax/multihost.py): a
-    # process that looked itself after process 0 had written the file would skip the barrier.
+    # Process 0 looks and every process follows its answer (the race: distill_jax/multihost.py).
     if not multihost.process0_says((tok_dir / "spiece.model").exists()):
         if train_records is None:  # eval/predict/export: the vocabulary comes from training
             raise UserError(
