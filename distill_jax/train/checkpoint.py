@@ -54,13 +54,10 @@ class Checkpoints:
 
     def save(self, step: int, state, data_state: dict[str, Any], *, force: bool = False) -> None:
         """Saves state + iterator at `step` (asynchronously when enabled)."""
-        self.latest.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
-            ),
-            force=force,
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
         )
+        self.latest.save(step, args=args, force=force)
 
     def restore_latest(self, abstract_state) -> tuple[int, Any, dict[str, Any]] | None:
         """(step, state, data_state) of the newest step that restores, in the target shardings;
@@ -109,12 +106,8 @@ class Checkpoints:
 
     def save_best(self, step: int, params, accuracy: float) -> None:
         """Keeps `params` if `accuracy` beats the best so far (Orbax keeps the top 1)."""
-        self.best.save(
-            step,
-            args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
-            metrics={"accuracy": float(accuracy)},
-            force=True,
-        )
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params))
+        self.best.save(step, args=args, metrics={"accuracy": float(accuracy)}, force=True)
 
     def restore_best(self, abstract_params) -> tuple[int, Any] | None:
         """(step, params) of the best checkpoint, in the target shardings; None if none."""

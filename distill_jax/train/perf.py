@@ -72,8 +72,7 @@ class Throughput:
         self._host_s = self._waited_s = 0.0
 
     def count(self, shapes, host_s: float, waited: float) -> None:
-        """One step: its batch shape, the host seconds to build and transfer its batch, and
-        the seconds the loop waited for it."""
+        """One step: batch shape, host seconds to build and send its batch, seconds waited."""
         self._steps += 1
         self._flop_count += self.flops.get(shapes) or 0.0
         self._host_s += host_s
