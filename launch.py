@@ -59,10 +59,7 @@ def init_distributed() -> None:
     import jax
 
     if _COORDINATOR.value:
-        if (
-            jax.config.jax_platforms in (None, "", "cpu")
-            or os.environ.get("JAX_PLATFORMS") == "cpu"
-        ):
+        if (jax.config.jax_platforms or "cpu") == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from typing import Any
 
@@ -28,20 +29,17 @@ def load_params(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     """(ModelSetup, params, step): the workdir's best-validation checkpoint, else its latest
     train state (a run stopped before its first validation), else `model.from_pretrained`."""
     config_check.validate(config)
-    ms = setup.build(config, workdir, None)
+    ms = setup.ModelSetup(config, workdir, None)
     ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False)
-    try:
-        with sharding.activate(ms.mesh):
-            best = ckpts.restore_best(ms.abstract_state.params)
-            if best is not None:
-                step, params = best
-                return ms, params, step
-            restored = ckpts.restore_latest(ms.abstract_state)
-        if restored is not None:
-            step, state, _ = restored
-            return ms, state.params, step
-    finally:
-        ckpts.close()
+    with contextlib.closing(ckpts), sharding.activate(ms.mesh):
+        best = ckpts.restore_best(ms.abstract_state.params)
+        if best is not None:
+            step, params = best
+            return ms, params, step
+        restored = ckpts.restore_latest(ms.abstract_state)
+    if restored is not None:
+        step, state, _ = restored
+        return ms, state.params, step
     if ms.pretrained_params is None:
         raise UserError(
             f"no checkpoint in {workdir / 'checkpoints'} and config field model.from_pretrained "

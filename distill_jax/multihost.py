@@ -1,10 +1,9 @@
 """Agreement between the processes of a multi-host job: process 0 decides, all follow.
 
 A check of the shared file system followed by a barrier is a race: a process that checks after
-another one has written takes the other branch and skips the barrier (or meets a different
-one: `sync_global_devices name mismatch`). So process 0 alone checks and does the work, and
-the others learn its answer in a collective that is also the barrier. With one process these
-are plain calls.
+another one has written skips the barrier (or meets a different one: `sync_global_devices name
+mismatch`). So process 0 alone checks and does the work, and the others learn its answer in a
+collective that is also the barrier. With one process these are plain calls.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from jax.sharding import PartitionSpec as P
 
 from distill_jax import decode, sharding
 from distill_jax.data.eval_data import EvalSet, bucket_length
-from distill_jax.errors import UserError
 from distill_jax.model.config import T5Config
 from distill_jax.tokenizer import Tokenizer
 
@@ -38,14 +37,11 @@ class Settings:
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> Settings:
         """The settings of `config` (data.max_input_length, train.model_type, eval.*)."""
-        e = config.eval
         return cls(
             model_type=config.train.model_type,
             max_input_length=config.data.max_input_length,
-            batch_size=e.batch_size,
-            gen_max_len=e.gen_max_len,
-            rationale_max_len=e.rationale_max_len,
-            output_rationale=bool(e.output_rationale),
+            **{k: config.eval[k] for k in ("batch_size", "gen_max_len", "rationale_max_len")},
+            output_rationale=bool(config.eval.output_rationale),
         )
 
 
@@ -66,6 +62,8 @@ class Predictor:
         self.tokenizer = tokenizer
         self.mesh = mesh
         self.settings = settings
+        self.has_rationales = settings.model_type == "task_prefix"  # trained on `explain:` too
+        self.label_task = "predict" if self.has_rationales else "standard"  # outputs labels
         self._rows = NamedSharding(mesh, P(sharding.BATCH_AXES, None))  # [rows, length] inputs
         self._row_multiple = sharding.batch_axis_size(mesh)  # global batches are a multiple
         self.decode_calls = 0
@@ -74,16 +72,6 @@ class Predictor:
         self.new_shape_calls = 0  # decode calls that met a shape for the first time
         self._cache: dict[tuple[str, str], EvalSet] = {}
         self._lock = threading.Lock()  # decode_calls from the server's batcher thread
-
-    @property
-    def label_task(self) -> str:
-        """The task whose outputs are labels: 'predict' (task_prefix) or 'standard'."""
-        return "predict" if self.settings.model_type == "task_prefix" else "standard"
-
-    @property
-    def has_rationales(self) -> bool:
-        """Whether the model was trained on the `explain:` task."""
-        return self.settings.model_type == "task_prefix"
 
     def max_len(self, task: str) -> int:
         """Decoded tokens for `task`: rationale_max_len for 'explain', else gen_max_len."""
@@ -145,19 +133,17 @@ class Predictor:
         rationale: bool | None = None,
         params=None,
         cache_key: str | None = None,
-        batch_size: int | None = None,
     ) -> list[dict[str, str]]:
         """Rows {'label'[, 'rationale']} for raw `inputs` (the task prefix is added here);
         `rationale` (default: settings.output_rationale) is ignored for 'standard' models."""
         if rationale is None:
             rationale = self.settings.output_rationale
-        kw = dict(params=params, batch_size=batch_size)
         task = self.label_task
-        labels = self.generate(self.encode(inputs, task, cache_key), task, **kw)
+        labels = self.generate(self.encode(inputs, task, cache_key), task, params=params)
         rows = [{"label": y} for y in labels]
         if rationale and self.has_rationales:
             explain = self.encode(inputs, "explain", cache_key)
-            for row, r in zip(rows, self.generate(explain, "explain", **kw), strict=True):
+            for row, r in zip(rows, self.generate(explain, "explain", params=params), strict=True):
                 row["rationale"] = r
         return rows
 
@@ -177,9 +163,8 @@ class Predictor:
         return sorted({min(top, -(-max(int(r), 1) // m) * m) for r in extra} | {top})
 
     def warm_up(self, row_buckets: Sequence[int], tasks: Sequence[str]) -> int:
-        """Compiles greedy decoding for every (rows, length bucket, task); returns how many."""
-        if jax.process_count() > 1:
-            raise UserError("warm_up is for single-process serving")
+        """Compiles greedy decoding for every (rows, length bucket, task); returns how many.
+        Single-process only (serve.run_serve refuses several)."""
         lengths = self.length_buckets()
         shapes = [(r, n, self.max_len(t)) for t in tasks for r in row_buckets for n in lengths]
         with sharding.activate(self.mesh):

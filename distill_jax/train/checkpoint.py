@@ -20,21 +20,17 @@ from absl import logging
 from distill_jax import multihost
 from distill_jax.errors import UserError
 
-_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step still being written
-
 
 class Checkpoints:
     """The latest/best checkpoint managers of one workdir."""
 
     def __init__(self, workdir: str | pathlib.Path, *, keep: int, async_save: bool):
         root = pathlib.Path(workdir).absolute() / "checkpoints"
-        for path in sorted(root.glob(f"*/*{_TMP_SUFFIX}*")):  # the managers delete them
+        for path in sorted(root.glob("*/*.orbax-checkpoint-tmp*")):  # the managers delete them
+            step = path.name.split(".", 1)[0]
             logging.warning(
-                "checkpoint step %s in %s was left half-written by an interrupted save; "
-                "skipping it (deleting %s)",
-                path.name.split(".", 1)[0],
-                path.parent,
-                path.name,
+                f"checkpoint step {step} in {path.parent} was left half-written by an "
+                f"interrupted save; skipping it (deleting {path.name})"
             )
         common = dict(create=True, cleanup_tmp_directories=True)
         self.latest = ocp.CheckpointManager(
@@ -58,13 +54,10 @@ class Checkpoints:
 
     def save(self, step: int, state, data_state: dict[str, Any], *, force: bool = False) -> None:
         """Saves state + iterator at `step` (asynchronously when enabled)."""
-        self.latest.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
-            ),
-            force=force,
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
         )
+        self.latest.save(step, args=args, force=force)
 
     def restore_latest(self, abstract_state) -> tuple[int, Any, dict[str, Any]] | None:
         """(step, state, data_state) of the newest step that restores, in the target shardings;
@@ -85,12 +78,8 @@ class Checkpoints:
                 continue
             for bad, why in failed:
                 logging.warning(
-                    "checkpoint step %d in %s is incomplete or unreadable (%s); skipping it and "
-                    "resuming from step %d",
-                    bad,
-                    self.latest.directory,
-                    why,
-                    step,
+                    f"checkpoint step {bad} in {self.latest.directory} is incomplete or "
+                    f"unreadable ({why}); skipping it and resuming from step {step}"
                 )
                 path = pathlib.Path(self.latest.directory) / str(bad)  # shared file system
                 aside = path.with_name(f"{bad}.incomplete-{int(time.time())}")
@@ -117,12 +106,8 @@ class Checkpoints:
 
     def save_best(self, step: int, params, accuracy: float) -> None:
         """Keeps `params` if `accuracy` beats the best so far (Orbax keeps the top 1)."""
-        self.best.save(
-            step,
-            args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
-            metrics={"accuracy": float(accuracy)},
-            force=True,
-        )
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params))
+        self.best.save(step, args=args, metrics={"accuracy": float(accuracy)}, force=True)
 
     def restore_best(self, abstract_params) -> tuple[int, Any] | None:
         """(step, params) of the best checkpoint, in the target shardings; None if none."""

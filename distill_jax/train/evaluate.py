@@ -21,12 +21,9 @@ def evaluate_split(
     records: list[dict[str, Any]],
     *,
     dataset: str,
-    max_examples: int = 0,
 ) -> tuple[float, list[dict[str, Any]]]:
     """(accuracy, prediction rows) of the label task on `records` with `params`; the inputs are
     tokenized once per run (the predictor keeps them under `split`)."""
-    if max_examples:
-        records = records[:max_examples]
     outputs = predictor.predict([r["input"] for r in records], params=params, cache_key=split)
     rows = [
         {"input": r["input"], **out, "reference": r["label"]}
@@ -46,11 +43,10 @@ def score_split(
     workdir: pathlib.Path,
     writer: logger.MetricsWriter,
 ) -> float:
-    """`evaluate_split` at `step`, with predictions/<split>_<step>.jsonl and a metrics row."""
-    acc, rows = evaluate_split(
-        predictor, params, split, records,
-        dataset=config.data.name, max_examples=config.eval.max_examples,
-    )  # fmt: skip
+    """`evaluate_split` of the first eval.max_examples records (0: all) at `step`, with
+    predictions/<split>_<step>.jsonl and a metrics row."""
+    records = records[: config.eval.max_examples or None]
+    acc, rows = evaluate_split(predictor, params, split, records, dataset=config.data.name)
     write_predictions(workdir / "predictions" / f"{split}_{step}.jsonl", rows)
     writer.write({"step": step, "split": split, "accuracy": acc, "examples": len(rows)})
     logging.info("step %d: %s accuracy %.4f on %d examples", step, split, acc, len(rows))

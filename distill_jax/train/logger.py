@@ -72,8 +72,7 @@ def _plain(v):
 
 
 def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
-    """All rows of a metrics.jsonl (empty if it does not exist); a line torn by a killed run
-    is skipped."""
+    """All rows of a metrics.jsonl (none if it does not exist), skipping a line torn by a crash."""
     if not path.exists():
         return []
     rows = []
@@ -85,15 +84,13 @@ def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_curves(workdir: pathlib.Path) -> pathlib.Path | None:
+def plot_curves(workdir: pathlib.Path) -> None:
     """Writes <workdir>/curves.png: train losses and eval accuracy against steps."""
-    if jax.process_index() != 0:
-        return None
-    rows = read_metrics(workdir / "metrics.jsonl")
+    rows = read_metrics(workdir / "metrics.jsonl") if jax.process_index() == 0 else []
     train = [r for r in rows if "loss" in r and "split" not in r]
     evals = [r for r in rows if r.get("split") == "valid" and "accuracy" in r]
-    if not train:
-        return None
+    if not train:  # or not process 0
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +107,5 @@ def plot_curves(workdir: pathlib.Path) -> pathlib.Path | None:
         ax_acc.plot([r["step"] for r in evals], [r["accuracy"] for r in evals], marker="o")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="validation accuracy", ylim=(0, 1))
     fig.tight_layout()
-    out = workdir / "curves.png"
-    fig.savefig(out, dpi=90)
+    fig.savefig(workdir / "curves.png", dpi=90)
     plt.close(fig)
-    return out

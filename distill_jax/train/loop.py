@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
 
 from distill_jax import config_check, multihost, predictor, sharding
 from distill_jax.data import packing, pipeline, sources
@@ -52,9 +53,9 @@ def _sigterm_flag():
 
 
 def _prefetch(batches, steps: range, batch_sharding, meter: perf.Throughput, depth: int = 2):
-    """Yields (step, global batch) for `steps`, built and transferred `depth` ahead on one
-    thread (no grain thread too: on a small CPU each busy thread takes a core from XLA);
-    `meter` gets each batch's host seconds and the seconds the loop waited for it."""
+    """Yields (step, rows per micro-batch, global batch) for `steps`, built and transferred
+    `depth` ahead on one thread (no grain thread too: on a small CPU each busy thread takes a
+    core from XLA); `meter` counts each step with its batch's host and waiting seconds."""
     put = lambda v: jax.make_array_from_process_local_data(batch_sharding, v)
 
     def build():
@@ -66,10 +67,11 @@ def _prefetch(batches, steps: range, batch_sharding, meter: perf.Throughput, dep
         for i, step in enumerate(steps):
             t0 = time.perf_counter()
             batch, host_s = ahead.popleft().result()  # re-raises the pipeline's errors here
-            meter.host_time(host_s, waited=time.perf_counter() - t0)
+            rows = batch["encoder_input_tokens"].shape[1]
+            meter.count(rows, host_s, waited=time.perf_counter() - t0)
             if i + depth < len(steps):
                 ahead.append(pool.submit(build))  # built while this step runs
-            yield step, batch
+            yield step, rows, batch
 
 
 def train_and_evaluate(
@@ -110,19 +112,13 @@ class _Run:
         self.config, self.workdir = config, workdir
         splits = setup.load_records(config, workdir)
         t = config.train
-        self.ms = ms = setup.build(config, workdir, splits["train"])
+        self.ms = ms = setup.ModelSetup(config, workdir, splits["train"])
         self.cost = perf.cost_model(ms.model_cfg, jax.default_backend())
         self.train_data = pipeline.TrainIterator(
             splits["train"],
             ms.tokenizer,
-            model_type=t.model_type,
-            batch_size=t.batch_size,
-            grad_steps=t.grad_steps,
-            max_input_length=config.data.max_input_length,
-            max_target_length=config.data.max_target_length,
-            pack_input_length=config.data.pack_input_length,
-            pack_target_length=config.data.pack_target_length,
-            row_bucket=config.data.row_bucket,
+            **{k: t[k] for k in ("model_type", "batch_size", "grad_steps")},
+            **{k: config.data[k] for k in setup.PACKING_FIELDS},
             seed=config.seed,
             row_multiple=sharding.batch_axis_size(ms.mesh),
             process_index=jax.process_index(),
@@ -133,7 +129,7 @@ class _Run:
         self.ckpts = checkpoint.Checkpoints(
             workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
         )
-        self.state, self.start_step, data_state = setup.initial_state(ms, self.ckpts)
+        self.state, self.start_step, data_state = ms.initial_state(self.ckpts)
         if data_state is not None:
             self.train_data.set_state(data_state)
         self.writer = writer = logger.MetricsWriter(workdir, tensorboard=config.logging.tensorboard)
@@ -190,11 +186,15 @@ class _Run:
         self.meter.reset()
         steps = range(start, t.max_steps)
         batches = _prefetch(self.train_data, steps, self.batch_sharding, self.meter)
-        with perf.progress_bar(c.logging.progress_bar, initial=start, total=t.max_steps) as bar:
-            for step, batch in batches:
-                rows = batch["encoder_input_tokens"].shape[1]
+        with tqdm(  # loss, examples/s and ETA on process 0
+            initial=start,
+            total=t.max_steps,
+            disable=not c.logging.progress_bar or jax.process_index() != 0,
+            unit="step",
+            dynamic_ncols=True,
+        ) as bar:
+            for step, rows, batch in batches:
                 self.state, self.metrics = self.steps[rows](self.state, batch, self.rng)
-                self.meter.count(rows)
                 done = step + 1
                 at_log = done % t.log_every == 0 or done == t.max_steps
                 if at_log:

@@ -1,4 +1,4 @@
-"""Throughput, FLOPs and MFU accounting, the progress bar, and the platform's cost model."""
+"""Throughput, FLOPs and MFU accounting, and the platform's cost model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 import jax
 from absl import logging
-from tqdm import tqdm
 
 # Dense bf16 peak FLOP/s per device (vendor figures).
 PEAK_FLOPS = {
@@ -28,29 +27,19 @@ PEAK_FLOPS = {
 def peak_flops_per_device() -> float | None:
     """The device's bf16 peak, or None (CPU and unknown devices: no MFU is reported)."""
     kind = jax.devices()[0].device_kind
-    for prefix, peak in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
-        if kind.startswith(prefix):
-            return peak
-    return None
+    longest_first = sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0]))
+    return next((peak for prefix, peak in longest_first if kind.startswith(prefix)), None)
 
 
 def compiled_flops(compiled) -> float | None:
     """FLOPs of one call of a compiled function, from XLA's cost analysis (all devices)."""
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:
-        return None
-    if isinstance(cost, list | tuple):  # one dict per computation in some JAX versions
-        cost = cost[0] if cost else None
+    cost = compiled.cost_analysis()  # None where the backend has none
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
 def log_memory(compiled) -> None:
     """Prints the compiled step's memory analysis (per device), where the backend has one."""
-    try:
-        mem = compiled.memory_analysis()
-    except Exception:  # not every backend implements it
-        mem = None
+    mem = compiled.memory_analysis()  # None where the backend has none
     if mem is not None:
         gib = 1 / 2**30
         logging.info(
@@ -82,14 +71,12 @@ class Throughput:
         self._flop_count = 0.0
         self._host_s = self._waited_s = 0.0
 
-    def host_time(self, host_s: float, waited: float) -> None:
-        """One batch: host seconds to build and transfer it, seconds the loop waited for it."""
-        self._host_s += host_s
-        self._waited_s += waited
-
-    def count(self, shapes) -> None:
+    def count(self, shapes, host_s: float, waited: float) -> None:
+        """One step: batch shape, host seconds to build and send its batch, seconds waited."""
         self._steps += 1
         self._flop_count += self.flops.get(shapes) or 0.0
+        self._host_s += host_s
+        self._waited_s += waited
 
     def report(self) -> dict[str, float]:
         """Rates over the interval since the last report; starts the next interval."""
@@ -111,20 +98,6 @@ class Throughput:
         return round(self._total_steps * self.examples_per_step / self._total_time, 2)
 
 
-def progress_bar(enabled: bool, *, initial: int, total: int):
-    """tqdm on process 0 (loss, examples/s and ETA); a silent stand-in elsewhere."""
-    return tqdm(
-        initial=initial,
-        total=total,
-        disable=not enabled or jax.process_index() != 0,
-        unit="step",
-        dynamic_ncols=True,
-    )
-
-
-# The trainer's cost model: the platform-dependent prices live here, and the data layer gets
-# plain numbers (it never asks which platform it runs on).
-
 # How much more a token's attention costs on CPU than its FLOPs say, relative to the dense layers:
 # the [rows, heads, L, L] float32 passes (bias, mask, softmax, dropout, the bias gradient) are
 # memory-bound there. Calibrated on t5-v1_1-small, batch 16, CQA-like lengths (BENCHMARKS.md).
@@ -138,7 +111,8 @@ ACCELERATOR_COMPILE_COST_STEPS = 300.0
 
 @dataclasses.dataclass(frozen=True)
 class CostModel:
-    """What the data layer needs to price its choices (`TrainIterator` arguments)."""
+    """The platform's prices, as the plain numbers the data layer needs (`TrainIterator`
+    arguments): it never asks which platform it runs on."""
 
     attention_length: float  # row length at which attention costs as much as the dense layers
     compile_steps: float  # one train-step compilation, in steps of the largest shape
@@ -146,24 +120,16 @@ class CostModel:
 
 def cost_model(model_config: Any, platform: str) -> CostModel:
     """The cost model of `model_config` (T5Config dims) on `platform` ('cpu', 'gpu', 'tpu')."""
-    balance = attention_length(model_config)
-    return CostModel(
-        attention_length=balance / CPU_ATTENTION_COST if platform == "cpu" else balance,
-        compile_steps=COMPILE_COST_STEPS.get(platform, ACCELERATOR_COMPILE_COST_STEPS),
-    )
-
-
-def attention_length(model_config: Any) -> float:
-    """Row length at which a token's attention FLOPs equal its dense layers'.
-
-    `model_config` has T5Config's dims. Per token and layer, the dense layers do
-    4 * d_model * width (query, key, value, out; width = num_heads * d_kv) plus
-    (3 if gated else 2) * d_model * d_ff multiply-adds, and attention over a row of L tokens
-    2 * L * width (scores, weighted values). So L = dense / (2 * width): 3072 for
-    t5-v1_1-small, 640 for the demo's tiny model.
-    """
+    # The row length at which a token's attention FLOPs equal its dense layers': per token and
+    # layer the dense layers do 4 * d_model * width (q, k, v, out; width = heads * d_kv) plus
+    # (3 if gated else 2) * d_model * d_ff multiply-adds, attention over L tokens 2 * L * width.
+    # 3072 for t5-v1_1-small, 640 for the demo's tiny model.
     c = model_config
     width = c.num_heads * c.d_kv
     gated = c.feed_forward_proj.startswith("gated")
     dense = 4 * c.d_model * width + (3 if gated else 2) * c.d_model * c.d_ff
-    return dense / (2 * width)
+    balance = dense / (2 * width)
+    return CostModel(
+        attention_length=balance / CPU_ATTENTION_COST if platform == "cpu" else balance,
+        compile_steps=COMPILE_COST_STEPS.get(platform, ACCELERATOR_COMPILE_COST_STEPS),
+    )

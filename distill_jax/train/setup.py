@@ -12,9 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from absl import logging
-from jax.sharding import Mesh
 
 from distill_jax import config_check, multihost, sharding
 from distill_jax.data import builder, sources
@@ -34,9 +32,8 @@ from distill_jax.train.state import (
 
 TOKENIZER_DIR = "tokenizer"
 COMPILE_CACHE_DIR = "compile_cache"
-# data.* fields read after the records are prepared (tokenisation, packing, where they live).
-TOKENIZATION_FIELDS = (
-    "prepared_dir",
+# data.* fields read after the records are prepared: the train batches' tokenisation and packing.
+PACKING_FIELDS = (
     "max_input_length",
     "max_target_length",
     "pack_input_length",
@@ -51,8 +48,8 @@ def load_records(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
     the prepared data, any edit rebuilds it, even one that keeps the size and mtime)."""
     out_dir = pathlib.Path(config.data.prepared_dir or workdir / "prepared")
     data = config.data.to_dict()
-    for key in TOKENIZATION_FIELDS:
-        data.pop(key, None)  # tokenisation-time settings don't change the records
+    for key in ("prepared_dir", *PACKING_FIELDS):
+        data.pop(key, None)  # where the records live and how they are packed don't change them
     files = builder.file_fingerprint(sources.raw_files(config.data))
     fingerprint = {"data": data, "seed": config.seed, "files": files}
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
@@ -69,8 +66,7 @@ def load_tokenizer(config, workdir: pathlib.Path, train_records, pretrained_dir)
     if pretrained_dir is not None:
         return Tokenizer.from_dir(pretrained_dir)
     tok_dir = workdir / TOKENIZER_DIR
-    # Process 0 looks and every process follows its answer (distill_jax/multihost.py): a
-    # process that looked itself after process 0 had written the file would skip the barrier.
+    # Process 0 looks and every process follows its answer (the race: distill_jax/multihost.py).
     if not multihost.process0_says((tok_dir / "spiece.model").exists()):
         if train_records is None:  # eval/predict/export: the vocabulary comes from training
             raise UserError(
@@ -116,83 +112,57 @@ def build_model_config(config, tokenizer: Tokenizer, pretrained_cfg=None):
     return dataclasses.replace(cfg, **overrides)
 
 
-@dataclasses.dataclass
 class ModelSetup:
-    """What the trainer, `predict` and `export` share."""
+    """What the trainer, `predict` and `export` share: tokenizer, model config, mesh, optimizer
+    and the train state traced (never allocated) with its shardings."""
 
-    config: ml_collections.ConfigDict
-    mesh: Mesh
-    model: T5
-    model_cfg: model_config.T5Config
-    tokenizer: Tokenizer
-    tx: optax.GradientTransformation
-    abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
-    state_shardings: TrainState
-    init_params_fn: Any
-    pretrained_params: Any  # host numpy params, or None when training from scratch
+    def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, train_records):
+        self.config = config
+        pretrained_dir = pretrained_cfg = None
+        self.pretrained_params = None  # host numpy params, or None when training from scratch
+        if config.model.from_pretrained:
+            pretrained_dir = hf_io.resolve_pretrained(config.model.from_pretrained)
+            pretrained_cfg, self.pretrained_params = hf_io.load_pretrained(
+                str(pretrained_dir), scan_layers=config.model.scan_layers
+            )
+        self.tokenizer = load_tokenizer(config, workdir, train_records, pretrained_dir)
+        self.model_cfg = cfg = build_model_config(config, self.tokenizer, pretrained_cfg)
+        config_check.validate_model(config, cfg)  # the mesh against the model's dims
+        self.model = T5(cfg)
+        self.mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        self.tx = make_optimizer(config.train)
+        with sharding.activate(self.mesh):
+            # ShapeDtypeStructs carrying the target shardings, and those shardings
+            self.abstract_state, self.state_shardings = abstract_train_state(
+                self.init_params, self.tx, self.mesh, jax.random.key(config.seed)
+            )
+        n = sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
+        logging.info("model: %s, %.1fM parameters, mesh %s", cfg, n / 1e6, dict(self.mesh.shape))
 
-
-def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, train_records) -> ModelSetup:
-    """Resolves tokenizer, model config and mesh; traces (never allocates) the state."""
-    pretrained_dir = pretrained_cfg = pretrained_params = None
-    if config.model.from_pretrained:
-        pretrained_dir = hf_io.resolve_pretrained(config.model.from_pretrained)
-        pretrained_cfg, pretrained_params = hf_io.load_pretrained(
-            str(pretrained_dir), scan_layers=config.model.scan_layers
-        )
-    tokenizer = load_tokenizer(config, workdir, train_records, pretrained_dir)
-    model_cfg = build_model_config(config, tokenizer, pretrained_cfg)
-    config_check.validate_model(config, model_cfg)  # the mesh against the model's dims
-    model = T5(model_cfg)
-    mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-
-    def init_params_fn(rng):
+    def init_params(self, rng: jax.Array):
+        """Random params, boxed with their logical axis names."""
         tokens = jnp.ones((1, 8), jnp.int32)
-        return model.init({"params": rng}, tokens, tokens)["params"]  # boxed
+        return self.model.init({"params": rng}, tokens, tokens)["params"]
 
-    tx = make_optimizer(config.train)
-    with sharding.activate(mesh):
-        abstract, shardings = abstract_train_state(
-            init_params_fn, tx, mesh, jax.random.key(config.seed)
-        )
-    n = sum(x.size for x in jax.tree.leaves(abstract.params))
-    logging.info("model: %s, %.1fM parameters, mesh %s", model_cfg, n / 1e6, dict(mesh.shape))
-    return ModelSetup(
-        config,
-        mesh,
-        model,
-        model_cfg,
-        tokenizer,
-        tx,
-        abstract,
-        shardings,
-        init_params_fn,
-        pretrained_params,
-    )
-
-
-def initial_state(ms: ModelSetup, ckpts: Checkpoints) -> tuple[TrainState, int, dict | None]:
-    """(state, first step, data-iterator state): the latest checkpoint if any, else pretrained
-    or random weights (and no iterator state)."""
-    with sharding.activate(ms.mesh):
-        restored = ckpts.restore_latest(ms.abstract_state)
-        if restored is not None:
-            latest, state, data_state = restored
-            logging.info("resumed from step %d", latest)
-            return state, latest, data_state
-        if ms.pretrained_params is not None:
-            return state_from_params(ms.pretrained_params, ms.tx, ms.state_shardings), 0, None
-        rng = jax.random.key(ms.config.seed)
-        return init_train_state(ms.init_params_fn, ms.tx, ms.state_shardings, rng), 0, None
+    def initial_state(self, ckpts: Checkpoints) -> tuple[TrainState, int, dict | None]:
+        """(state, first step, data-iterator state): the latest checkpoint if any, else
+        pretrained or random weights (and no iterator state)."""
+        with sharding.activate(self.mesh):
+            restored = ckpts.restore_latest(self.abstract_state)
+            if restored is not None:
+                latest, state, data_state = restored
+                logging.info("resumed from step %d", latest)
+                return state, latest, data_state
+            if self.pretrained_params is not None:
+                state = state_from_params(self.pretrained_params, self.tx, self.state_shardings)
+                return state, 0, None
+            rng = jax.random.key(self.config.seed)
+            return init_train_state(self.init_params, self.tx, self.state_shardings, rng), 0, None
 
 
 def use_compilation_cache(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
     """Points JAX's persistent compilation cache at <workdir>/compile_cache (config field
-    `compilation_cache`), unless a cache directory is already set (JAX_COMPILATION_CACHE_DIR).
-
-    A resume then loads the compiled train step and decoders from disk instead of compiling
-    them again (BENCHMARKS.md, start-up). Only process 0 writes entries (JAX's rule), so a
-    workdir shared by several hosts is safe.
-    """
+    `compilation_cache`), unless a cache directory is already set (JAX_COMPILATION_CACHE_DIR):
+    a resume loads its compiled programs. Only process 0 writes entries (JAX's rule)."""
     if config.compilation_cache and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(workdir / COMPILE_CACHE_DIR))

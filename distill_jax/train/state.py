@@ -64,13 +64,10 @@ def abstract_train_state(
     mesh: Mesh,
     rng: jax.Array,
 ) -> tuple[TrainState, TrainState]:
-    """(abstract state, state shardings), derived by tracing only: nothing is allocated.
-
-    `init_params_fn(rng)` returns boxed (logically partitioned) params; their logical axis
-    names and `sharding.LOGICAL_AXIS_RULES` decide every shard. An optimizer leaf that mirrors
-    a parameter (`optax.tree_map_params`: Adam's moments, Adafactor's v) and has its shape gets
-    its sharding; Adafactor's factored row/column moments, counts and the rest are replicated.
-    """
+    """(abstract state, state shardings) of the boxed params `init_params_fn(rng)` returns,
+    by tracing only. Their logical axes decide the params' shards (`sharding.LOGICAL_AXIS_RULES`);
+    an optimizer leaf of a parameter's shape (Adam's moments, Adafactor's v) gets its sharding,
+    the rest (Adafactor's factored moments, counts) is replicated."""
     abstract_boxed = jax.eval_shape(init_params_fn, rng)
     params_shardings = sharding.tree_shardings_from_boxed(mesh, abstract_boxed)
     abstract_params = jax.tree.map(  # no sharding constraint on abstract values

@@ -7,7 +7,6 @@ the full-batch definition exactly, whatever the packing or the number of micro-b
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -72,44 +71,31 @@ def loss_and_grads(model, params, batch: Batch, rng, *, alpha, model_type, enabl
     return loss, label_loss, rationale_loss, grads
 
 
-def train_step(
-    state: TrainState,
-    batch: Batch,
-    rng: jax.Array,
-    *,
-    model,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    alpha: float,
-    model_type: str,
-) -> tuple[TrainState, dict[str, Any]]:
-    """One optimizer step; pure, so it jits with donated state."""
-    step_rng = jax.random.fold_in(rng, state.step)
-    loss, label_loss, rationale_loss, grads = loss_and_grads(
-        model, state.params, batch, step_rng, alpha=alpha, model_type=model_type
-    )
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        "label_loss": label_loss,
-        "rationale_loss": rationale_loss,
-        "grad_norm": optax.global_norm(grads),
-        "lr": schedule(state.step),
-        "label_tokens": batch["label_weights"].sum(),
-        "rationale_tokens": batch["rationale_weights"].sum(),
-    }
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, metrics
-
-
 def jit_train_step(model, tx, schedule, *, alpha, model_type, state_shardings, batch_sharding):
-    """`train_step` jitted with explicit shardings and the state donated."""
-    fn = functools.partial(
-        train_step, model=model, tx=tx, schedule=schedule, alpha=alpha, model_type=model_type
-    )
+    """The optimizer step, jitted with explicit shardings and the state donated."""
+
+    def train_step(
+        state: TrainState, batch: Batch, rng: jax.Array
+    ) -> tuple[TrainState, dict[str, Any]]:
+        step_rng = jax.random.fold_in(rng, state.step)
+        loss, label_loss, rationale_loss, grads = loss_and_grads(
+            model, state.params, batch, step_rng, alpha=alpha, model_type=model_type
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "label_loss": label_loss,
+            "rationale_loss": rationale_loss,
+            "grad_norm": optax.global_norm(grads),
+            "lr": schedule(state.step),
+            "label_tokens": batch["label_weights"].sum(),
+            "rationale_tokens": batch["rationale_weights"].sum(),
+        }
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
     return jax.jit(
-        fn,
+        train_step,
         in_shardings=(state_shardings, batch_sharding, None),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
