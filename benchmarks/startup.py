@@ -6,12 +6,15 @@ without the token-id cache (`distill_jax/data/token_cache.py`).
 Writes synthetic generic records shaped like e-SNLI (premise </s> hypothesis, a one-word
 label, a one-sentence rationale) and a SentencePiece vocabulary trained on a sample of them
 (standing in for a pretrained model's tokenizer, so no run trains one), then runs launch.py
-(configs/generic.py, t5-v1_1-tiny from scratch, CPU) three times in one workdir:
+(configs/generic.py, t5-v1_1-tiny from scratch, CPU) four times in one workdir:
 
-1. fresh: prepares the records, tokenizes the training split (writing the cache), step 1;
-2. resume, cache hit: restores step 1, memory-maps the cached ids, step 2;
-3. resume, cache removed: restores step 2, re-tokenizes every record (what every start did
-   before the cache; this run also writes the cache again), step 3.
+1. fresh: prepares the records, tokenizes the training split (writing the token cache),
+   compiles (writing `<workdir>/compile_cache`), step 1;
+2. resume, both caches hit: restores step 1, memory-maps the cached ids, loads the compiled
+   step, step 2;
+3. resume, compile cache removed: as 2 but compiles the train step again, step 3;
+4. resume, token cache removed: restores step 3, re-tokenizes every record (what every start
+   did before the cache; this run also writes the cache again), step 4.
 
 Each row is the wall time from starting the process to its first train row in metrics.jsonl
 (log_every=1), and the seconds the log shows between the prepared records being opened and
@@ -79,7 +82,7 @@ def write_jsonl(path: pathlib.Path, records) -> None:
 def run(flags: list[str], workdir: pathlib.Path, after_step: int, log: pathlib.Path) -> dict:
     """Runs launch.py; seconds to the first train row after `after_step` and in total."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # so the run uses <workdir>/compile_cache
     metrics = workdir / "metrics.jsonl"
     start = time.perf_counter()
     with open(log, "w") as out:
@@ -129,7 +132,7 @@ def _tokenize_seconds(log: pathlib.Path) -> float | None:
         elif "Packed train batches:" in line:
             times["packed"] = t
     if {"model", "packed"} <= set(times):
-        return times["packed"] - times["model"]
+        return (times["packed"] - times["model"]) % 86400  # a run across midnight
     return None
 
 
@@ -172,12 +175,15 @@ def main() -> None:
     rows = []
     for i, (name, steps, after) in enumerate(
         (
-            ("fresh (prepare + tokenize + write cache)", 1, 0),
-            ("resume, cache hit", 2, 1),
-            ("resume, cache removed (re-tokenize, as before)", 3, 2),
+            ("fresh (prepare + tokenize + write both caches)", 1, 0),
+            ("resume, token and compile caches hit", 2, 1),
+            ("resume, compile cache removed (compile again)", 3, 2),
+            ("resume, token cache removed (re-tokenize, as before)", 4, 3),
         )
     ):
-        if "removed" in name:
+        if "compile cache removed" in name:
+            shutil.rmtree(workdir / "compile_cache")
+        if "token cache removed" in name:
             for tokens in (workdir / "prepared").glob("*/tokens"):
                 shutil.rmtree(tokens)
         log = root / f"run{i + 1}.log"
