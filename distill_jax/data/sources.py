@@ -231,14 +231,12 @@ def _load_generic(data_cfg: Any, llm: str | None) -> dict[str, list[dict]]:
     for split, path in generic.generic_paths(data_cfg).items():
         if path is not None:
             splits[split], _ = generic.read_generic_file(path, skip)
-    if llm is None:  # no teacher: the files' llm_label (if any) is not used
-        for records in splits.values():
-            for r in records:
-                r.pop("llm_label", None)
-        return splits
     fork_files = []
     for split, records in splits.items():
-        if "llm_label" not in records[0]:  # a file has it on every record or on none
+        if llm is None:  # no teacher: the files' llm_label (if any) is not used
+            for r in records:
+                r.pop("llm_label", None)
+        elif "llm_label" not in records[0]:  # a file has it on every record or on none
             fork_files.append(split)  # the fork's meaning: the file's label is the LLM's
             for r in records:
                 r["llm_label"] = r["label"]
