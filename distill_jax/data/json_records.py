@@ -49,15 +49,6 @@ def _decode(text: str, pos: int) -> tuple[Any, int] | json.JSONDecodeError:
         return json.JSONDecodeError("nesting too deep", text, pos)
 
 
-def _problem(line: int, err: json.JSONDecodeError, truncated: bool) -> tuple[int, None, str]:
-    # json's messages read "Expecting ',' delimiter" or "Unterminated string starting at".
-    where = f" column {err.colno}" if err.msg.endswith(" at") else f" (column {err.colno})"
-    message = f"invalid JSON: {err.msg}{where}"
-    if truncated:
-        message += " (the file ends inside this record: is it truncated?)"
-    return line, None, message
-
-
 def scan_json(text: str) -> Iterator[tuple[int, Any, str | None]]:
     """(line, value, None) for each top-level value of `text` in order, (line, None, problem)
     for each syntax problem: the elements of a JSON array (`[` first), else a stream of values
@@ -81,8 +72,14 @@ def scan_json(text: str) -> Iterator[tuple[int, Any, str | None]]:
         result = _decode(text, pos)
         if isinstance(result, json.JSONDecodeError):
             nxt = resync(pos)
-            unclosed = not in_array or not text.rstrip().endswith("]")
-            yield _problem(line_of(result.pos), result, truncated=nxt is None and unclosed)
+            # json's messages read "Expecting ',' delimiter" or "Unterminated string starting at".
+            where = f"column {result.colno}"
+            if not result.msg.endswith(" at"):
+                where = f"({where})"
+            problem = f"invalid JSON: {result.msg} {where}"
+            if nxt is None and (not in_array or not text.rstrip().endswith("]")):
+                problem += " (the file ends inside this record: is it truncated?)"
+            yield line_of(result.pos), None, problem
         else:
             value, end = result
             yield line_of(pos), value, None
