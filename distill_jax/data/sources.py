@@ -217,14 +217,6 @@ def _load_part(data_dir: Path, name: str, split: str, llm: str) -> list[dict]:
     return rows
 
 
-def _load_reference(data_cfg: Any, name: str, llm: str) -> dict[str, list[dict]]:
-    data_dir = Path(data_cfg.dir)
-    return {
-        split: [row for part, s in parts for row in _load_part(data_dir, part, s, llm)]
-        for split, parts in _parts(name).items()
-    }
-
-
 def _load_generic(data_cfg: Any, llm: str | None) -> dict[str, list[dict]]:
     skip = bool(data_cfg.skip_bad_records)
     splits = {}
@@ -301,8 +293,11 @@ def load_splits(data_cfg: Any, seed: int) -> dict[str, list[dict]]:
     name, llm, subsample = data_cfg.name, teacher(data_cfg), float(data_cfg.subsample)
     if name == "generic":
         splits = _load_generic(data_cfg, llm)
-    else:
-        splits = _load_reference(data_cfg, name, llm)
+    else:  # each split: the rows of its parts, in order
+        splits = {
+            split: [r for part, s in parts for r in _load_part(Path(data_cfg.dir), part, s, llm)]
+            for split, parts in _parts(name).items()
+        }
     for split, records in splits.items():
         if not records:
             raise UserError(f"the {split} split of {name} has no examples")
