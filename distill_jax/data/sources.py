@@ -109,23 +109,6 @@ def _missing(path: Path, data_dir: Path) -> UserError:
     return UserError(f"{path}: file not found. " + DOWNLOAD_HINT.format(dir=data_dir))
 
 
-def _read_rows(path: Path, name: str, data_dir: Path) -> list[dict]:
-    """Formatted `{input, label}` rows of one reference JSON Lines file."""
-    if not path.is_file():
-        raise _missing(path, data_dir)
-
-    def row(value: Any) -> dict | str:  # the formatted row, or what is wrong with the record
-        if not isinstance(value, dict):
-            return f"the record is a JSON {type_name(value)}, expected an object"
-        try:
-            text, label = _FORMATTERS[name](value)
-        except _BadRow as e:
-            return str(e)
-        return {"input": text, "label": label}
-
-    return [r for _, _, r in iter_records(path, row)]
-
-
 def _svamp_from_source(path: Path) -> dict[str, list[dict]]:
     """The reference's `SVAMPDatasetLoader.load_from_source`: SVAMP.json -> 800 train / rest."""
     data = json.loads(read_utf8(path))
@@ -195,7 +178,19 @@ def _gold_part(data_dir: Path, name: str, split: str) -> list[dict]:
     source = data_dir / name / "SVAMP.json"
     if name == "svamp" and not path.is_file() and source.is_file():
         return _svamp_from_source(source)[split]
-    return _read_rows(path, name, data_dir)
+    if not path.is_file():
+        raise _missing(path, data_dir)
+
+    def row(value: Any) -> dict | str:  # the formatted row, or what is wrong with the record
+        if not isinstance(value, dict):
+            return f"the record is a JSON {type_name(value)}, expected an object"
+        try:
+            text, label = _FORMATTERS[name](value)
+        except _BadRow as e:
+            return str(e)
+        return {"input": text, "label": label}
+
+    return [r for _, _, r in iter_records(path, row)]
 
 
 def _load_part(data_dir: Path, name: str, split: str, llm: str) -> list[dict]:
