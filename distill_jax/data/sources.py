@@ -293,9 +293,6 @@ def load_splits(data_cfg: Any, seed: int) -> dict[str, list[dict]]:
             split: [r for part, s in parts for r in _load_part(Path(data_cfg.dir), part, s, llm)]
             for split, parts in _parts(name).items()
         }
-    for split, records in splits.items():
-        if not records:
-            raise UserError(f"the {split} split of {name} has no examples")
     if subsample < 1.0:  # the reference: train_test_split(test_size=1 - subsample, seed=run)
         splits["train"], _ = train_test_split(splits["train"], 1.0 - subsample, int(seed))
     if "valid" not in splits:  # the reference: train_test_split(test_size=0.1, seed=0)
