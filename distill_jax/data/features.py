@@ -75,10 +75,6 @@ class TokenizedPairs:
     is_rationale: np.ndarray  # [num_pairs] bool
     pairs_per_example: int
 
-    @property
-    def num_examples(self) -> int:
-        return len(self.is_rationale) // self.pairs_per_example
-
 
 def text_field(records: Sequence[Mapping[str, Any]], key: str) -> list[str]:
     """The string field `key` of every record; UserError naming the record otherwise."""

@@ -84,15 +84,12 @@ def generic_paths(data_cfg: Any, check: bool = True) -> dict[str, Path | None]:
     default_dir = Path(data_cfg.dir) / "generic"
     paths: dict[str, Path | None] = {}
     for split in ("train", "test", "valid"):
-        custom = getattr(data_cfg, f"{split}_file")
-        default = default_dir / f"generic_{split}.json"
-        if custom:
-            paths[split] = Path(custom)
-        elif split != "valid":
-            paths[split] = default
-        else:
-            paths[split] = default if not data_cfg.train_file and default.exists() else None
-        path = paths[split]
+        path = default_dir / f"generic_{split}.json"
+        if custom := getattr(data_cfg, f"{split}_file"):
+            path = Path(custom)
+        elif split == "valid" and (data_cfg.train_file or not path.exists()):
+            path = None
+        paths[split] = path
         if check and path is not None and not path.is_file():
             raise UserError(
                 f"{path}: {split} file not found. Put the generic records (objects with fields "

@@ -8,6 +8,7 @@ resumes at the next line starting with `{`, where the next record starts in all 
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -39,85 +40,66 @@ def read_utf8(path: Path) -> str:
         ) from None
 
 
-class _Scanner:
-    """Walks `text`, tracking the line number of a position without rescanning from 0."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self._pos = 0
-        self._line = 1
-
-    def line_of(self, pos: int) -> int:
-        if pos < self._pos:  # rare (error positions); count from the start
-            return self.text.count("\n", 0, pos) + 1
-        self._line += self.text.count("\n", self._pos, pos)
-        self._pos = pos
-        return self._line
-
-    def skip_ws(self, pos: int) -> int:
-        return _WHITESPACE.match(self.text, pos).end()
-
-    def decode(self, pos: int) -> tuple[Any, int] | json.JSONDecodeError:
-        try:
-            return _DECODER.raw_decode(self.text, pos)
-        except json.JSONDecodeError as e:
-            return e
-        except RecursionError:  # absurdly deep nesting
-            return json.JSONDecodeError("nesting too deep", self.text, pos)
-
-    def resync(self, start: int) -> int | None:
-        """Start of the next record after a syntax error in the record starting at `start`."""
-        match = _NEXT_RECORD.search(self.text, start)
-        return None if match is None else match.end() - 1
-
-
-def _problem(sc: _Scanner, err: json.JSONDecodeError, truncated: bool) -> tuple[int, None, str]:
-    # json's messages read "Expecting ',' delimiter" or "Unterminated string starting at".
-    where = f" column {err.colno}" if err.msg.endswith(" at") else f" (column {err.colno})"
-    message = f"invalid JSON: {err.msg}{where}"
-    if truncated:
-        message += " (the file ends inside this record: is it truncated?)"
-    return sc.line_of(err.pos), None, message
+def _decode(text: str, pos: int) -> tuple[Any, int] | json.JSONDecodeError:
+    try:
+        return _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError as e:
+        return e
+    except RecursionError:  # absurdly deep nesting
+        return json.JSONDecodeError("nesting too deep", text, pos)
 
 
 def scan_json(text: str) -> Iterator[tuple[int, Any, str | None]]:
     """(line, value, None) for each top-level value of `text` in order, (line, None, problem)
     for each syntax problem: the elements of a JSON array (`[` first), else a stream of values
     separated by whitespace."""
-    sc = _Scanner(text)
-    pos = sc.skip_ws(0)
+    newlines = [m.start() for m in re.finditer("\n", text)]
+    line_of = lambda pos: bisect.bisect_left(newlines, pos) + 1
+    skip_ws = lambda pos: _WHITESPACE.match(text, pos).end()
+
+    def resync(start: int) -> int | None:  # where the record after a syntax error starts
+        match = _NEXT_RECORD.search(text, start)
+        return None if match is None else match.end() - 1
+
+    pos = skip_ws(0)
     in_array = text.startswith("[", pos)
     if in_array:
-        pos = sc.skip_ws(pos + 1)
+        pos = skip_ws(pos + 1)
         if text.startswith("]", pos):  # an empty array
-            pos = sc.skip_ws(pos + 1)
+            pos = skip_ws(pos + 1)
             in_array = False
     while pos < len(text):
-        result = sc.decode(pos)
+        result = _decode(text, pos)
         if isinstance(result, json.JSONDecodeError):
-            nxt = sc.resync(pos)
-            unclosed = not in_array or not text.rstrip().endswith("]")
-            yield _problem(sc, result, truncated=nxt is None and unclosed)
+            nxt = resync(pos)
+            # json's messages read "Expecting ',' delimiter" or "Unterminated string starting at".
+            where = f"column {result.colno}"
+            if not result.msg.endswith(" at"):
+                where = f"({where})"
+            problem = f"invalid JSON: {result.msg} {where}"
+            if nxt is None and (not in_array or not text.rstrip().endswith("]")):
+                problem += " (the file ends inside this record: is it truncated?)"
+            yield line_of(result.pos), None, problem
         else:
             value, end = result
-            yield sc.line_of(pos), value, None
-            pos = sc.skip_ws(end)
+            yield line_of(pos), value, None
+            pos = skip_ws(end)
             if not in_array:
                 continue
             if text.startswith(",", pos):
-                pos = sc.skip_ws(pos + 1)
+                pos = skip_ws(pos + 1)
                 continue
             if text.startswith("]", pos):
-                pos = sc.skip_ws(pos + 1)
+                pos = skip_ws(pos + 1)
                 if pos < len(text):
-                    yield sc.line_of(pos), None, "extra data after the JSON array"
+                    yield line_of(pos), None, "extra data after the JSON array"
                 break
             if pos >= len(text):
                 problem = "the JSON array is not closed with ']' (is the file truncated?)"
             else:
                 problem = "expected ',' or ']' after a record in the JSON array"
-            yield sc.line_of(pos), None, problem
-            nxt = sc.resync(pos)
+            yield line_of(pos), None, problem
+            nxt = resync(pos)
         if nxt is None:
             break
         pos = nxt

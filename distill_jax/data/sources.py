@@ -109,23 +109,6 @@ def _missing(path: Path, data_dir: Path) -> UserError:
     return UserError(f"{path}: file not found. " + DOWNLOAD_HINT.format(dir=data_dir))
 
 
-def _read_rows(path: Path, name: str, data_dir: Path) -> list[dict]:
-    """Formatted `{input, label}` rows of one reference JSON Lines file."""
-    if not path.is_file():
-        raise _missing(path, data_dir)
-
-    def row(value: Any) -> dict | str:  # the formatted row, or what is wrong with the record
-        if not isinstance(value, dict):
-            return f"the record is a JSON {type_name(value)}, expected an object"
-        try:
-            text, label = _FORMATTERS[name](value)
-        except _BadRow as e:
-            return str(e)
-        return {"input": text, "label": label}
-
-    return [r for _, _, r in iter_records(path, row)]
-
-
 def _svamp_from_source(path: Path) -> dict[str, list[dict]]:
     """The reference's `SVAMPDatasetLoader.load_from_source`: SVAMP.json -> 800 train / rest."""
     data = json.loads(read_utf8(path))
@@ -195,7 +178,19 @@ def _gold_part(data_dir: Path, name: str, split: str) -> list[dict]:
     source = data_dir / name / "SVAMP.json"
     if name == "svamp" and not path.is_file() and source.is_file():
         return _svamp_from_source(source)[split]
-    return _read_rows(path, name, data_dir)
+    if not path.is_file():
+        raise _missing(path, data_dir)
+
+    def row(value: Any) -> dict | str:  # the formatted row, or what is wrong with the record
+        if not isinstance(value, dict):
+            return f"the record is a JSON {type_name(value)}, expected an object"
+        try:
+            text, label = _FORMATTERS[name](value)
+        except _BadRow as e:
+            return str(e)
+        return {"input": text, "label": label}
+
+    return [r for _, _, r in iter_records(path, row)]
 
 
 def _load_part(data_dir: Path, name: str, split: str, llm: str) -> list[dict]:
@@ -217,28 +212,18 @@ def _load_part(data_dir: Path, name: str, split: str, llm: str) -> list[dict]:
     return rows
 
 
-def _load_reference(data_cfg: Any, name: str, llm: str) -> dict[str, list[dict]]:
-    data_dir = Path(data_cfg.dir)
-    return {
-        split: [row for part, s in parts for row in _load_part(data_dir, part, s, llm)]
-        for split, parts in _parts(name).items()
-    }
-
-
 def _load_generic(data_cfg: Any, llm: str | None) -> dict[str, list[dict]]:
     skip = bool(data_cfg.skip_bad_records)
     splits = {}
     for split, path in generic.generic_paths(data_cfg).items():
         if path is not None:
             splits[split], _ = generic.read_generic_file(path, skip)
-    if llm is None:  # no teacher: the files' llm_label (if any) is not used
-        for records in splits.values():
-            for r in records:
-                r.pop("llm_label", None)
-        return splits
     fork_files = []
     for split, records in splits.items():
-        if "llm_label" not in records[0]:  # a file has it on every record or on none
+        if llm is None:  # no teacher: the files' llm_label (if any) is not used
+            for r in records:
+                r.pop("llm_label", None)
+        elif "llm_label" not in records[0]:  # a file has it on every record or on none
             fork_files.append(split)  # the fork's meaning: the file's label is the LLM's
             for r in records:
                 r["llm_label"] = r["label"]
@@ -303,11 +288,11 @@ def load_splits(data_cfg: Any, seed: int) -> dict[str, list[dict]]:
     name, llm, subsample = data_cfg.name, teacher(data_cfg), float(data_cfg.subsample)
     if name == "generic":
         splits = _load_generic(data_cfg, llm)
-    else:
-        splits = _load_reference(data_cfg, name, llm)
-    for split, records in splits.items():
-        if not records:
-            raise UserError(f"the {split} split of {name} has no examples")
+    else:  # each split: the rows of its parts, in order
+        splits = {
+            split: [r for part, s in parts for r in _load_part(Path(data_cfg.dir), part, s, llm)]
+            for split, parts in _parts(name).items()
+        }
     if subsample < 1.0:  # the reference: train_test_split(test_size=1 - subsample, seed=run)
         splits["train"], _ = train_test_split(splits["train"], 1.0 - subsample, int(seed))
     if "valid" not in splits:  # the reference: train_test_split(test_size=0.1, seed=0)

@@ -72,8 +72,9 @@ def tokenize_pairs_cached(
 
         multihost.on_process0(write, f"tokenizing the records into {path}")
     pairs = load(path)
-    if pairs.num_examples != len(records):  # a cache of other records: never expected
-        raise ValueError(f"{path}: {pairs.num_examples} examples cached, {len(records)} records")
+    cached = len(pairs.is_rationale) // pairs.pairs_per_example
+    if cached != len(records):  # a cache of other records: never expected
+        raise ValueError(f"{path}: {cached} examples cached, {len(records)} records")
     return pairs
 
 
