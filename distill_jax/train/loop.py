@@ -126,9 +126,7 @@ class _Run:
             prefetch=0,  # `_prefetch` builds ahead on its own thread
             attention_length=self.cost.attention_length,
         )
-        self.ckpts = checkpoint.Checkpoints(
-            workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
-        )
+        self.ckpts = checkpoint.Checkpoints(workdir, config.checkpoint)
         self.state, self.start_step, data_state = ms.initial_state(self.ckpts)
         if data_state is not None:
             self.train_data.set_state(data_state)
