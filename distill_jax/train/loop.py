@@ -255,7 +255,7 @@ class _Run:
 
     def check_finite(self, metrics, step: int) -> None:
         """Stops the run when the loss is NaN or inf, keeping the last good checkpoint."""
-        loss = float(jax.device_get(metrics["loss"])) if metrics is not None else 0.0
+        loss = float(jax.device_get(metrics["loss"]))  # set: saves and logs follow a step
         if not np.isfinite(loss):
             self.ckpts.latest.wait_until_finished()
             raise TrainingDiverged(
