@@ -130,8 +130,7 @@ def run(argv) -> int:
             flush=True,
         )
     elif mode == "data":
-        counts = modes.run_data(config, workdir)
-        for split, n in counts.items():
+        for split, n in modes.run_data(config, workdir).items():
             print(f"{split}: {n} records -> {workdir / 'data' / (split + '.jsonl')}")
     elif mode == "eval":
         for split, acc in modes.run_eval(config, workdir).items():
