@@ -16,6 +16,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from distill_jax.errors import UserError  # a plain ValueError: imports nothing heavy
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: from the config).")
 _MODE = flags.DEFINE_enum(
@@ -74,8 +76,6 @@ def init_distributed() -> None:
 
 def load_config():
     """The --config ConfigDict; a config file that cannot be loaded is a UserError."""
-    from distill_jax.errors import UserError
-
     config = _CONFIG.value
     try:
         config.data  # noqa: B018 (ml_collections defers a load failure to the first access)
@@ -130,15 +130,14 @@ def run(argv) -> int:
             flush=True,
         )
     elif mode == "data":
-        counts = modes.run_data(config, workdir)
-        for split, n in counts.items():
+        for split, n in modes.run_data(config, workdir).items():
             print(f"{split}: {n} records -> {workdir / 'data' / (split + '.jsonl')}")
     elif mode == "eval":
         for split, acc in modes.run_eval(config, workdir).items():
             print(f"{split} accuracy: {acc:.4f}")
     elif mode == "predict":
         if not _INPUT.value:
-            raise modes.UserError("--mode=predict needs --input=FILE.")
+            raise UserError("--mode=predict needs --input=FILE.")
         n = modes.run_predict(config, workdir, _INPUT.value, _OUTPUT.value or "")
         print(f"wrote {n} predictions to {_OUTPUT.value}")
     elif mode == "export":
@@ -160,8 +159,6 @@ def run(argv) -> int:
 
 def main(argv) -> None:
     """absl main: user mistakes become one line on stderr and exit status 1."""
-    from distill_jax.errors import UserError
-
     try:
         code = run(argv)
     except UserError as e:

@@ -1,10 +1,5 @@
-"""The one place that checks a config: every field a user sets, before anything is built.
-
-`validate(config)` runs first in every mode but teach, `validate_model` once the model's
-dimensions are known, `validate_teacher` and `check_dataset` in `--mode=teach`, `validate_serve`
-in `--mode=serve`. Each problem is a `UserError` naming the config field, its value and what it
-must satisfy.
-"""
+"""The one place that checks a config: every field a user sets, before anything is built. Each
+problem is a `UserError` naming the config field, its value and what it must satisfy."""
 
 from __future__ import annotations
 
@@ -96,7 +91,7 @@ TEACHER_RULES = [
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Field ranges and names, the dataset and its teacher, the mesh against the devices."""
+    """First in every mode but teach: field ranges and names, dataset and teacher, the mesh."""
     t, m = config.train, config.model
     _check(t, "train.", TRAIN_RULES)
     if t.batch_size % t.grad_steps:
@@ -171,8 +166,8 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_model(config: ml_collections.ConfigDict, model_cfg: model_config.T5Config) -> None:
-    """Every parameter dimension a mesh axis shards must be divisible by that axis's size (axis
-    names from `jax.eval_shape`'s parameters, placed by `sharding.LOGICAL_AXIS_RULES`)."""
+    """Once the model's dims are known: every parameter dimension a mesh axis shards must be
+    divisible by that axis's size (axes from the parameters' names and LOGICAL_AXIS_RULES)."""
     from distill_jax.model.t5 import T5  # the model module is heavy; only needed here
 
     shape = mesh_shape(config)

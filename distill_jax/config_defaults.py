@@ -1,10 +1,6 @@
-"""Config defaults: the reference's hyperparameters (run.py + HF Seq2SeqTrainer defaults).
-
-Inside the package so that `distillm` and an installed copy work without the repository's
-`configs/` (a top-level `configs` would shadow a user's own), whose files wrap
-`dataset_config(name, arg)`. The `:<arg>` suffix holds comma-separated tokens: a preset name
-(e.g. `t5-v1_1-small`), `scratch` (random init) or `runlocal` (a tiny variant for CPU runs).
-"""
+"""Config defaults: the reference's hyperparameters (run.py + HF Seq2SeqTrainer defaults), in the
+package so that `distillm` and an installed copy work without the repository's `configs/` (a
+top-level `configs` would shadow a user's own), whose files wrap `dataset_config(name, arg)`."""
 
 from __future__ import annotations
 
@@ -120,7 +116,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies the `:<arg>` tokens (preset names, `scratch`, `runlocal`) to `c` in place."""
+    """Applies the comma-separated `:<arg>` tokens to `c` in place: preset names (e.g.
+    `t5-v1_1-small`), `scratch` (random init) or `runlocal` (a tiny variant for CPU runs)."""
     for token in filter(None, (arg or "").split(",")):
         if token == "scratch":
             c.model.from_pretrained = ""

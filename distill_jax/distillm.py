@@ -17,6 +17,7 @@ import sys
 import ml_collections
 
 from distill_jax.config_defaults import DATASETS, HUB_IDS, dataset_config
+from distill_jax.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,9 +85,8 @@ def config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
     return c
 
 
-def default_output_dir(args: argparse.Namespace) -> pathlib.Path:
+def default_output_dir(a: argparse.Namespace) -> pathlib.Path:
     """The reference's ckpts/<config_dir>/<run> layout."""
-    a = args
     model = pathlib.Path(a.from_pretrained).name
     config_dir = (
         f"{a.dataset}/{model}/{a.model_type}/{llm_of(a)}/{a.subsample}/{a.label_type}/{a.alpha}/"
@@ -97,7 +97,6 @@ def default_output_dir(args: argparse.Namespace) -> pathlib.Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
-    from distill_jax.errors import UserError
     from distill_jax.train import loop
 
     args = build_parser().parse_args(argv)

@@ -30,7 +30,7 @@ def load_params(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     train state (a run stopped before its first validation), else `model.from_pretrained`."""
     config_check.validate(config)
     ms = setup.ModelSetup(config, workdir, None)
-    ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False)
+    ckpts = checkpoint.Checkpoints(workdir, config.checkpoint)  # restores only
     with contextlib.closing(ckpts), sharding.activate(ms.mesh):
         best = ckpts.restore_best(ms.abstract_state.params)
         if best is not None:

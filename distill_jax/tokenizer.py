@@ -23,8 +23,7 @@ import tokenizers
 from distill_jax.errors import UserError
 from distill_jax.files import atomic_write
 
-EXTRA_IDS = 100
-EXTRA_PIECES = tuple(f"<extra_id_{i}>" for i in range(EXTRA_IDS))  # <extra_id_0> has the top id
+EXTRA_PIECES = tuple(f"<extra_id_{i}>" for i in range(100))  # <extra_id_0> has the top id
 SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")
 # Unicode White_Space characters that SentencePiece's nmt_nfkc rules leave alone but the
 # `tokenizers` whitespace split (used by transformers) treats as spaces.
@@ -59,7 +58,7 @@ class Tokenizer:
         if sp_model is not None:
             self._sp = spm.SentencePieceProcessor(model_proto=sp_model)
             self._num_pieces = self._sp.get_piece_size()
-            self.vocab_size = self._num_pieces + EXTRA_IDS
+            self.vocab_size = self._num_pieces + len(EXTRA_PIECES)
             self._special = {p: i for i, p in enumerate(SPECIAL_PIECES)}
             self._special.update({x: self.vocab_size - 1 - i for i, x in enumerate(EXTRA_PIECES)})
             # One group, so that re.split keeps the special tokens (at the odd indices).

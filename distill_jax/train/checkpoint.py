@@ -14,6 +14,7 @@ import pathlib
 import time
 from typing import Any
 
+import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -22,9 +23,9 @@ from distill_jax.errors import UserError
 
 
 class Checkpoints:
-    """The latest/best checkpoint managers of one workdir."""
+    """The latest/best checkpoint managers of one workdir, per the `checkpoint.*` config fields."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, keep: int, async_save: bool):
+    def __init__(self, workdir: str | pathlib.Path, cfg: ml_collections.ConfigDict):
         root = pathlib.Path(workdir).absolute() / "checkpoints"
         for path in sorted(root.glob("*/*.orbax-checkpoint-tmp*")):  # the managers delete them
             step = path.name.split(".", 1)[0]
@@ -37,7 +38,7 @@ class Checkpoints:
             root / "latest",
             item_names=("state", "data"),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=async_save, **common
+                max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save, **common
             ),
         )
         self.best = ocp.CheckpointManager(  # synchronous: a save is on disk when it returns

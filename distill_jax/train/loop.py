@@ -126,9 +126,7 @@ class _Run:
             prefetch=0,  # `_prefetch` builds ahead on its own thread
             attention_length=self.cost.attention_length,
         )
-        self.ckpts = checkpoint.Checkpoints(
-            workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
-        )
+        self.ckpts = checkpoint.Checkpoints(workdir, config.checkpoint)
         self.state, self.start_step, data_state = ms.initial_state(self.ckpts)
         if data_state is not None:
             self.train_data.set_state(data_state)
@@ -257,7 +255,7 @@ class _Run:
 
     def check_finite(self, metrics, step: int) -> None:
         """Stops the run when the loss is NaN or inf, keeping the last good checkpoint."""
-        loss = float(jax.device_get(metrics["loss"])) if metrics is not None else 0.0
+        loss = float(jax.device_get(metrics["loss"]))  # set: saves and logs follow a step
         if not np.isfinite(loss):
             self.ckpts.latest.wait_until_finished()
             raise TrainingDiverged(

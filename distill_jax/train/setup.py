@@ -82,17 +82,14 @@ def load_tokenizer(config, workdir: pathlib.Path, train_records, pretrained_dir)
 
 
 def _train_tokenizer(train_records, vocab_size: int, tok_dir: pathlib.Path) -> None:
-    texts = []
-    for r in train_records:
-        texts += [r["input"], r["label"]] + ([r["rationale"]] if r.get("rationale") else [])
+    texts = [r[k] for r in train_records for k in ("input", "label", "rationale") if r.get(k)]
     logging.info("training a %d-piece SentencePiece vocabulary on %d texts", vocab_size, len(texts))
     Tokenizer.train(texts, vocab_size, tok_dir)
 
 
 def build_model_config(config, tokenizer: Tokenizer, pretrained_cfg=None):
     """The T5Config to train: the pretrained one, or the preset sized to our vocabulary."""
-    m = config.model
-    cfg = pretrained_cfg
+    m, cfg = config.model, pretrained_cfg
     if cfg is None:
         # Round the embedding up to a multiple of 128: TPU/GPU friendly, and spare rows are inert.
         vocab_size = -(-tokenizer.vocab_size // 128) * 128
@@ -100,8 +97,7 @@ def build_model_config(config, tokenizer: Tokenizer, pretrained_cfg=None):
     dtype = config.dtype
     if dtype == "auto":  # bf16 compute on GPU/TPU, float32 on CPU
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    overrides = dict(dtype=dtype, scan_layers=m.scan_layers, remat_policy=m.remat_policy)
-    overrides["attention"] = m.attention
+    overrides = dict(dtype=dtype, **{k: m[k] for k in ("scan_layers", "remat_policy", "attention")})
     if m.dropout_rate is not None:
         overrides["dropout_rate"] = float(m.dropout_rate)
     if cfg.vocab_size < tokenizer.vocab_size:

@@ -14,7 +14,6 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from distill_jax import sharding
-from distill_jax.errors import UserError
 
 
 @flax.struct.dataclass
@@ -39,18 +38,15 @@ def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedu
 def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """Global-norm clipping then AdamW (HF defaults) or Adafactor (HF's fixed-lr settings)."""
     schedule = learning_rate_schedule(train_cfg)
-    name = train_cfg.optimizer.lower()
-    if name == "adamw":
-        opt = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=train_cfg.weight_decay)
-    elif name == "adafactor":
+    if train_cfg.optimizer.lower() == "adafactor":
         # HF Adafactor(scale_parameter=False, relative_step=False) as the reference's Trainer.
         # HF factors every matrix; optax only dims >= min_dim_size_to_factor (default 128),
         # which would keep full second moments for attention kernels [d_model, heads, d_kv=64].
         opt = optax.adafactor(
             schedule, multiply_by_parameter_scale=False, min_dim_size_to_factor=32
         )
-    else:
-        raise UserError(f"config field train.optimizer={name!r}: use 'adamw' or 'adafactor'.")
+    else:  # "adamw" (config_check allows only these two)
+        opt = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=train_cfg.weight_decay)
     return optax.chain(optax.clip_by_global_norm(train_cfg.max_grad_norm), opt)
 
 
