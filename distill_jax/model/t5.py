@@ -406,30 +406,24 @@ class T5(nn.Module):
         )
 
 
-def _per_stack(params: dict, cfg: T5Config, fn: Callable[[dict, int], dict]) -> dict:
-    """`params` with each stack's subtree replaced by fn(a copy of it, its number of layers)."""
-    nums = {"encoder": cfg.num_encoder_layers, "decoder": cfg.num_decoder_layers}
-    return {**params, **{stack: fn(dict(params[stack]), num) for stack, num in nums.items()}}
-
-
 def scan_params(params: dict, cfg: T5Config) -> dict:
     """Unscanned -> scanned params: stacks each stack's 'layers_{i}' into one 'layers' subtree
     with a leading [num_layers] axis. Takes unboxed numpy or jax arrays, gives numpy."""
-
-    def scan(sub: dict, num: int) -> dict:
-        layers = [sub.pop(f"layers_{i}") for i in range(num)]
-        return {**sub, "layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
-
-    return _per_stack(params, cfg, scan)
+    out = dict(params)
+    for stack in ("encoder", "decoder"):
+        sub = dict(params[stack])
+        layers = [sub.pop(f"layers_{i}") for i in range(getattr(cfg, f"num_{stack}_layers"))]
+        out[stack] = {**sub, "layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
+    return out
 
 
 def unscan_params(params: dict, cfg: T5Config) -> dict:
     """Scanned -> unscanned params (inverse of `scan_params`)."""
-
-    def unscan(sub: dict, num: int) -> dict:
+    out = dict(params)
+    for stack in ("encoder", "decoder"):
+        sub = dict(params[stack])
         layers = sub.pop("layers")
-        for i in range(num):
+        for i in range(getattr(cfg, f"num_{stack}_layers")):
             sub[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
-        return sub
-
-    return _per_stack(params, cfg, unscan)
+        out[stack] = sub
+    return out
