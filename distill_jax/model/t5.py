@@ -41,17 +41,16 @@ def _param(module: nn.Module, name: str, std: float, shape: tuple[int, ...], axe
 class RMSNorm(nn.Module):
     """T5LayerNorm: scale only, no mean subtraction, no bias; variance in float32."""
 
-    epsilon: float
-    dtype: Any
+    config: T5Config
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         init = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
         scale = self.param("scale", init, (x.shape[-1],), jnp.float32)
-        x32 = x.astype(jnp.float32)
+        x32, dtype = x.astype(jnp.float32), jnp.dtype(self.config.dtype)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-        y = (x32 * jax.lax.rsqrt(var + self.epsilon)).astype(self.dtype)
-        return y * scale.astype(self.dtype)
+        y = (x32 * jax.lax.rsqrt(var + self.config.layer_norm_epsilon)).astype(dtype)
+        return y * scale.astype(dtype)
 
 
 class Dropout(nn.Module):
@@ -237,8 +236,7 @@ class Layer(nn.Module):
         drop = Dropout(cfg.dropout_rate)
 
         def norm(name: str, x: Array) -> Array:
-            eps, dtype = cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype)
-            return RMSNorm(eps, dtype, name=f"pre_{name}_layer_norm")(x)
+            return RMSNorm(cfg, name=f"pre_{name}_layer_norm")(x)
 
         name = "self_attention" if self.decoder else "attention"
         self_attn = Attention(cfg, det, cache, self.causal, name=name)
@@ -296,7 +294,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, segment_ids, det: bool) -> Array:
-        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        cfg = self.config
         drop = Dropout(cfg.dropout_rate)
         x = drop(self.shared(tokens), det)  # [b, l, embed]
         x = _constrain(x, ("batch", "length", "embed"))
@@ -308,8 +306,7 @@ class Encoder(nn.Module):
         else:
             mask = Mask(dense=_segment_mask(segment_ids, segment_ids))
         x = _run_layers(cfg, cfg.num_encoder_layers, dict(deterministic=det), x, bias, mask)
-        x = RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
-        return drop(x, det)
+        return drop(RMSNorm(cfg, name="encoder_norm")(x), det)
 
 
 class Decoder(nn.Module):
@@ -366,7 +363,7 @@ class Decoder(nn.Module):
         x = _run_layers(
             cfg, cfg.num_decoder_layers, kwargs, x, bias, mask, encoded, cross_mask, position
         )
-        x = drop(RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(x), det)
+        x = drop(RMSNorm(cfg, name="decoder_norm")(x), det)
         if cfg.tie_word_embeddings:
             logits = self.shared.attend(x * (cfg.d_model**-0.5))  # v1.0 rescales before tying
         else:
