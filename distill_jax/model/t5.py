@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -85,14 +84,12 @@ def _proj(shape: tuple[int, ...], axes: tuple, eqn: str, std: float, dtype, name
 class Embed(nn.Module):
     """Shared token embedding; `attend` uses it as the (tied) lm head."""
 
-    vocab_size: int
-    d_model: int
-    dtype: Any
+    config: T5Config
 
     def setup(self):
-        self.embedding = _param(
-            self, "embedding", 1.0, (self.vocab_size, self.d_model), ("vocab", "embed")
-        )
+        shape = (self.config.vocab_size, self.config.d_model)
+        self.embedding = _param(self, "embedding", 1.0, shape, ("vocab", "embed"))
+        self.dtype = jnp.dtype(self.config.dtype)
 
     def __call__(self, tokens: Array) -> Array:
         return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)  # [b, l, embed]
@@ -381,7 +378,7 @@ class T5(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.shared = Embed(cfg.vocab_size, cfg.d_model, jnp.dtype(cfg.dtype))
+        self.shared = Embed(cfg)
         self.encoder = Encoder(cfg, self.shared)
         self.decoder = Decoder(cfg, self.shared)
 
