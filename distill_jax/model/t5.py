@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,17 +40,16 @@ def _param(module: nn.Module, name: str, std: float, shape: tuple[int, ...], axe
 class RMSNorm(nn.Module):
     """T5LayerNorm: scale only, no mean subtraction, no bias; variance in float32."""
 
-    epsilon: float
-    dtype: Any
+    config: T5Config
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         init = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
         scale = self.param("scale", init, (x.shape[-1],), jnp.float32)
-        x32 = x.astype(jnp.float32)
+        x32, dtype = x.astype(jnp.float32), jnp.dtype(self.config.dtype)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-        y = (x32 * jax.lax.rsqrt(var + self.epsilon)).astype(self.dtype)
-        return y * scale.astype(self.dtype)
+        y = (x32 * jax.lax.rsqrt(var + self.config.layer_norm_epsilon)).astype(dtype)
+        return y * scale.astype(dtype)
 
 
 class Dropout(nn.Module):
@@ -86,14 +84,12 @@ def _proj(shape: tuple[int, ...], axes: tuple, eqn: str, std: float, dtype, name
 class Embed(nn.Module):
     """Shared token embedding; `attend` uses it as the (tied) lm head."""
 
-    vocab_size: int
-    d_model: int
-    dtype: Any
+    config: T5Config
 
     def setup(self):
-        self.embedding = _param(
-            self, "embedding", 1.0, (self.vocab_size, self.d_model), ("vocab", "embed")
-        )
+        shape = (self.config.vocab_size, self.config.d_model)
+        self.embedding = _param(self, "embedding", 1.0, shape, ("vocab", "embed"))
+        self.dtype = jnp.dtype(self.config.dtype)
 
     def __call__(self, tokens: Array) -> Array:
         return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)  # [b, l, embed]
@@ -237,8 +233,7 @@ class Layer(nn.Module):
         drop = Dropout(cfg.dropout_rate)
 
         def norm(name: str, x: Array) -> Array:
-            eps, dtype = cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype)
-            return RMSNorm(eps, dtype, name=f"pre_{name}_layer_norm")(x)
+            return RMSNorm(cfg, name=f"pre_{name}_layer_norm")(x)
 
         name = "self_attention" if self.decoder else "attention"
         self_attn = Attention(cfg, det, cache, self.causal, name=name)
@@ -296,7 +291,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, segment_ids, det: bool) -> Array:
-        cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+        cfg = self.config
         drop = Dropout(cfg.dropout_rate)
         x = drop(self.shared(tokens), det)  # [b, l, embed]
         x = _constrain(x, ("batch", "length", "embed"))
@@ -308,8 +303,7 @@ class Encoder(nn.Module):
         else:
             mask = Mask(dense=_segment_mask(segment_ids, segment_ids))
         x = _run_layers(cfg, cfg.num_encoder_layers, dict(deterministic=det), x, bias, mask)
-        x = RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
-        return drop(x, det)
+        return drop(RMSNorm(cfg, name="encoder_norm")(x), det)
 
 
 class Decoder(nn.Module):
@@ -366,7 +360,7 @@ class Decoder(nn.Module):
         x = _run_layers(
             cfg, cfg.num_decoder_layers, kwargs, x, bias, mask, encoded, cross_mask, position
         )
-        x = drop(RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(x), det)
+        x = drop(RMSNorm(cfg, name="decoder_norm")(x), det)
         if cfg.tie_word_embeddings:
             logits = self.shared.attend(x * (cfg.d_model**-0.5))  # v1.0 rescales before tying
         else:
@@ -384,7 +378,7 @@ class T5(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.shared = Embed(cfg.vocab_size, cfg.d_model, jnp.dtype(cfg.dtype))
+        self.shared = Embed(cfg)
         self.encoder = Encoder(cfg, self.shared)
         self.decoder = Decoder(cfg, self.shared)
 
@@ -406,30 +400,24 @@ class T5(nn.Module):
         )
 
 
-def _per_stack(params: dict, cfg: T5Config, fn: Callable[[dict, int], dict]) -> dict:
-    """`params` with each stack's subtree replaced by fn(a copy of it, its number of layers)."""
-    nums = {"encoder": cfg.num_encoder_layers, "decoder": cfg.num_decoder_layers}
-    return {**params, **{stack: fn(dict(params[stack]), num) for stack, num in nums.items()}}
-
-
 def scan_params(params: dict, cfg: T5Config) -> dict:
     """Unscanned -> scanned params: stacks each stack's 'layers_{i}' into one 'layers' subtree
     with a leading [num_layers] axis. Takes unboxed numpy or jax arrays, gives numpy."""
-
-    def scan(sub: dict, num: int) -> dict:
-        layers = [sub.pop(f"layers_{i}") for i in range(num)]
-        return {**sub, "layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
-
-    return _per_stack(params, cfg, scan)
+    out = dict(params)
+    for stack in ("encoder", "decoder"):
+        sub = dict(params[stack])
+        layers = [sub.pop(f"layers_{i}") for i in range(getattr(cfg, f"num_{stack}_layers"))]
+        out[stack] = {**sub, "layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
+    return out
 
 
 def unscan_params(params: dict, cfg: T5Config) -> dict:
     """Scanned -> unscanned params (inverse of `scan_params`)."""
-
-    def unscan(sub: dict, num: int) -> dict:
+    out = dict(params)
+    for stack in ("encoder", "decoder"):
+        sub = dict(params[stack])
         layers = sub.pop("layers")
-        for i in range(num):
+        for i in range(getattr(cfg, f"num_{stack}_layers")):
             sub[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
-        return sub
-
-    return _per_stack(params, cfg, unscan)
+        out[stack] = sub
+    return out
