@@ -292,3 +292,10 @@ def test_resolve_hub_id_through_cache(models, tmp_path, monkeypatch):
     assert_trees_equal(hf_io.load_pretrained("org/tiny")[1], hf_io.load_pretrained(str(path))[1])
     with pytest.raises(UserError, match="is a file"):
         hf_io.resolve_pretrained(str(path / "config.json"))
+
+
+@pytest.mark.parametrize("index", ["[]", '{"weight_map": {"a": []}}', "{}", "not json"])
+def test_a_malformed_weight_index_is_a_user_error_naming_it(tmp_path, index):
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(UserError, match="model.safetensors.index.json: not a valid weight index"):
+        hf_io._read_weights(tmp_path)

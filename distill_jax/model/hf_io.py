@@ -140,7 +140,7 @@ def _read_weights(ckpt: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
         if index.is_file():
             try:
                 shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError, AttributeError) as e:
+            except (ValueError, KeyError, AttributeError, TypeError) as e:
                 raise UserError(f"{index}: not a valid weight index ({e})") from e
             out = {}
             for shard in shards:
