@@ -14,7 +14,7 @@ from distill_jax.errors import UserError
 from distill_jax.model import T5, scan_params
 from distill_jax.model.attention import Mask, fused_implementation
 from distill_jax.model.config import T5Config
-from tests.test_decode import V1_1, random_model
+from tests.test_decode import V1_1, cached_logits, random_model
 
 DOT = dict(attention="dot_product")
 
@@ -80,22 +80,8 @@ def test_dot_product_cached_decoding_matches_xla():
     dec = dec.astype(np.int32)
     dec[:, 0] = 0
     full_xla = jax.jit(lambda p: T5(V1_1).apply({"params": p}, enc, dec))(params)
-    model = T5(cfg)
-    encoded = jax.jit(lambda p: model.apply({"params": p}, enc, method=T5.encode))(params)
-
-    @jax.jit
-    def step(cache, tokens):
-        return model.apply(
-            {"params": params, **cache}, encoded, enc, tokens, decode=True,
-            max_decode_length=length, mutable=["cache"], method=T5.decode,
-        )  # fmt: skip
-
-    logits, cache = step({}, dec[:, :3])  # a multi-token first call, then one at a time
-    outs = [logits]
-    for t in range(3, length):
-        logits, cache = step(cache, dec[:, t : t + 1])
-        outs.append(logits)
-    _close(full_xla, jnp.concatenate(outs, axis=1), "cached dot_product logits vs xla", 1e-4)
+    cached, _ = cached_logits(cfg, params, enc, dec, 3)  # 3 tokens first, then one by one
+    _close(full_xla, cached, "cached dot_product logits vs xla", 1e-4)
 
     out_xla, steps_xla = greedy_decode_with_steps(params, V1_1, enc, 12)
     out_dot, steps_dot = greedy_decode_with_steps(params, cfg, enc, 12)

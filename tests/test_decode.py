@@ -33,6 +33,27 @@ def random_model(cfg: T5Config, seed: int):
     return params, enc
 
 
+def cached_logits(cfg: T5Config, params, enc, dec, prefill: int):
+    """Logits [b, len(dec), vocab] of `dec` decoded through the KV cache: a multi-token first
+    call of `prefill` tokens creates the cache, then one token at a time; and the last cache."""
+    model, length = T5(cfg), dec.shape[1]
+    encoded = jax.jit(lambda p: model.apply({"params": p}, enc, method=T5.encode))(params)
+
+    @jax.jit
+    def step(cache, tokens):
+        return model.apply(
+            {"params": params, **cache}, encoded, enc, tokens, decode=True,
+            max_decode_length=length, mutable=["cache"], method=T5.decode,
+        )  # fmt: skip
+
+    logits, cache = step({}, dec[:, :prefill])
+    outs = [logits]
+    for t in range(prefill, length):
+        logits, cache = step(cache, dec[:, t : t + 1])
+        outs.append(logits)
+    return jnp.concatenate(outs, axis=1), cache
+
+
 @pytest.mark.parametrize("cfg", [V1_0, V1_1], ids=["v1_0", "v1_1"])
 def test_incremental_decoding_matches_full_forward(cfg):
     params, enc = random_model(cfg, seed=0)
@@ -43,22 +64,7 @@ def test_incremental_decoding_matches_full_forward(cfg):
     model = T5(cfg)
     full = jax.jit(lambda p: model.apply({"params": p}, enc, dec))(params)
 
-    encoded = jax.jit(lambda p: model.apply({"params": p}, enc, method=T5.encode))(params)
-
-    @jax.jit
-    def step(cache, tokens):
-        return model.apply(
-            {"params": params, **cache}, encoded, enc, tokens, decode=True,
-            max_decode_length=length, mutable=["cache"], method=T5.decode,
-        )  # fmt: skip
-
-    # A multi-token first call creates the cache, then one token at a time.
-    logits, cache = step({}, dec[:, :prefill])
-    outs = [logits]
-    for t in range(prefill, length):
-        logits, cache = step(cache, dec[:, t : t + 1])
-        outs.append(logits)
-    cached = jnp.concatenate(outs, axis=1)
+    cached, cache = cached_logits(cfg, params, enc, dec, prefill)
     assert np.abs(np.asarray(cached) - np.asarray(full)).max() < 1e-4
     assert int(cache["cache"]["decoder"]["position"]) == length
     cross = cache["cache"]["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]
